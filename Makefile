@@ -1,0 +1,44 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PRESET ?= auto
+PYTEST_ARGS ?=
+export HF_HUB_DISABLE_TELEMETRY := 1
+export GRADIO_ANALYTICS_ENABLED := False
+
+.PHONY: run test test-fast test-server gpu-check bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt 2>&1 | { grep -v "is ignored" || true; }
+	$(PY) -c "import torch, open_clip, transformers, gradio, sqlite_utils" 
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) app.py --preset $(PRESET) --host 127.0.0.1 --port 7860
+
+test: $(STAMP) chromium
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not browser and not server" $(PYTEST_ARGS)
+
+test-server: $(STAMP)
+	$(PY) -m pip install -q -r requirements-server.txt 2>&1 | { grep -v "is ignored" || true; }
+	$(PY) -m pytest -m server $(PYTEST_ARGS)
+
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py
+
+# Debian's chromium for the browser tests (playwright drives it; never `playwright install`).
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium unavailable: browser tests will be skipped"; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""RouteLens backends package."""

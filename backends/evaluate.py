@@ -1,0 +1,131 @@
+"""Run a preset's backends over an eval set and write performance pairs (one row per item x backend).
+
+Rows are written as they come, so an interrupted run keeps what it finished. The summary is each
+backend's accuracy per category.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from PIL import Image
+
+from backends.base import Answer, Backend
+from backends.images import ImageError, load_image
+from backends.run_all import BackendRunner
+from backends.scoring import score_answer
+from data.datasets import EvalItem
+
+
+@dataclass
+class EvalSummary:
+    """Correct counts per (backend, category); ``table()`` renders it for a terminal."""
+
+    totals: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0]))
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    items: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, backend: str, category: str, correct: float, error: bool) -> None:
+        for key in ((backend, category), (backend, "all")):
+            self.totals[key][0] += correct
+            self.totals[key][1] += 1
+        if error:
+            self.errors[backend] += 1
+
+    def accuracy(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = defaultdict(dict)
+        for (backend, category), (correct, count) in self.totals.items():
+            out[backend][category] = correct / count if count else 0.0
+        return dict(out)
+
+    def table(self) -> str:
+        accuracy = self.accuracy()
+        categories = sorted({c for per in accuracy.values() for c in per if c != "all"}) + ["all"]
+        width = max([len(b) for b in accuracy] + [7])
+        lines = ["backend".ljust(width) + "".join(c[:11].rjust(12) for c in categories) + "errors".rjust(8)]
+        for backend, per in accuracy.items():
+            cells = "".join((f"{per[c]:.3f}" if c in per else "-").rjust(12) for c in categories)
+            lines.append(backend.ljust(width) + cells + str(self.errors.get(backend, 0)).rjust(8))
+        return "\n".join(lines)
+
+
+def image_bytes_sha256(item_image: Any) -> tuple[str, str | None]:
+    """(sha256, path or None) of an item's image; decoded images are hashed as PNG bytes."""
+    if isinstance(item_image, (str, Path)):
+        data = Path(item_image).read_bytes()
+        return hashlib.sha256(data).hexdigest(), str(item_image)
+    buffer = io.BytesIO()
+    item_image.save(buffer, format="PNG")
+    return hashlib.sha256(buffer.getvalue()).hexdigest(), None
+
+
+def _relative(path: str | None, folder: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return os.path.relpath(Path(path).resolve(), folder.resolve())
+    except ValueError:  # another drive on Windows
+        return str(Path(path).resolve())
+
+
+def pair_row(item: EvalItem, answer: Answer, sha256: str, image_path: str | None, out_folder: Path) -> dict[str, Any]:
+    """One performance pair in the DESIGN.md format."""
+    text = answer.text or ""
+    correct = 0.0 if answer.error else score_answer(text, item.accepted)
+    return {
+        "query_id": item.id,
+        "question": item.question,
+        "image": _relative(image_path, out_folder),
+        "image_sha256": sha256,
+        "category": item.category,
+        "backend": answer.backend,
+        "answer": text,
+        "correct": correct,
+        "latency_s": round(answer.latency_s, 4),
+        "source": "benchmark",
+        "error": answer.error,
+    }
+
+
+def run_eval(
+    backends: Sequence[Backend],
+    items: Iterable[EvalItem],
+    out_path: str | Path,
+    *,
+    progress: Callable[[Iterable[EvalItem]], Iterable[EvalItem]] = lambda it: it,
+) -> EvalSummary:
+    """Answer every item with every backend concurrently; append pairs to ``out_path``."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    summary = EvalSummary()
+    runner = BackendRunner(backends)
+    try:
+        with out_path.open("w", encoding="utf-8") as out:
+            for item in progress(items):
+                try:
+                    image = _item_image(item.image)
+                    sha256, path = image_bytes_sha256(item.image)
+                except (ImageError, OSError) as exc:
+                    summary.skipped.append(f"{item.id}: {exc}")
+                    continue
+                summary.items += 1
+                for answer in runner.stream(image, item.question, item.labels):
+                    row = pair_row(item, answer, sha256, path, out_path.parent)
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    summary.add(answer.backend, item.category, row["correct"], answer.error is not None)
+                out.flush()
+    finally:
+        runner.close()
+    return summary
+
+
+def _item_image(image: Any) -> Image.Image:
+    return load_image(image if not isinstance(image, (str, Path)) else Path(image))

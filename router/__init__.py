@@ -1,0 +1,1 @@
+"""RouteLens router package."""
