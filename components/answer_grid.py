@@ -1,0 +1,99 @@
+"""One panel per backend: model card, spinner until it answers, then its answer or its error."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from backends.base import Answer, BackendInfo
+
+VERDICTS = ["✓ correct", "✗ wrong", "– skip"]
+VERDICT_VALUES = {"✓ correct": 1.0, "✗ wrong": 0.0, "– skip": None}
+_SHOWN_LABELS = 6
+
+
+@dataclass
+class PanelHandles:
+    name: str
+    body: Any
+    verdict: Any
+
+
+def _kind_badge(kind: str) -> str:
+    css = "vlm" if kind == "vlm" else "vlmllm"
+    return f"<span class='rl-kind {css}'>{html.escape(kind)}</span>"
+
+
+def _meta(info: BackendInfo) -> str:
+    bits = [info.model_id or info.family, info.quantization, info.device]
+    if info.memory_mb is not None:
+        bits.append(f"{info.memory_mb:,.0f} MB")
+    return " · ".join(html.escape(str(b)) for b in bits if b)
+
+
+def render_panel(info: BackendInfo, answer: Answer | None, *, picked: bool = False, state: str = "idle") -> str:
+    """HTML for one panel; every model or user string is escaped (answers may contain markup)."""
+    head = (
+        "<div class='rl-panel-head'>"
+        f"<span class='rl-panel-name'>{html.escape(info.name)}</span>"
+        f"<span>{'<span class=rl-pick-badge>router pick</span> ' if picked else ''}{_kind_badge(info.kind)}</span></div>"
+        f"<div class='rl-meta'>{_meta(info)}</div>"
+    )
+    if answer is None:
+        if info.status == "failed":
+            body = f"<div class='rl-error'>{html.escape(info.error or 'failed to load')}</div>"
+        elif state == "running":
+            loading = " (loading the model first)" if info.status in ("loading", "not loaded") else ""
+            body = f"<div class='rl-wait'><div class='rl-spinner'></div>thinking{loading}…</div>"
+        elif info.status in ("loading", "not loaded"):
+            body = "<div class='rl-wait'><div class='rl-spinner'></div>loading model…</div>"
+        else:
+            body = "<div class='rl-meta'>Waiting for a question.</div>"
+    elif answer.error:
+        body = f"<div class='rl-error'>{html.escape(answer.error)}</div><div class='rl-meta'>after {answer.latency_s:.2f} s</div>"
+    else:
+        body = f"<div class='rl-answer'>{html.escape(answer.text or '(empty answer)')}</div>"
+        if answer.label_scores:
+            rows = []
+            for label, score in answer.label_scores[:_SHOWN_LABELS]:
+                width = max(1.0, 100 * float(score))
+                rows.append(
+                    f"<tr><td>{html.escape(str(label))}</td><td class='s'><div class='rl-bar' style='width:{width:.0f}%'></div></td>"
+                    f"<td class='v'>{100 * float(score):.1f}%</td></tr>"
+                )
+            more = len(answer.label_scores) - _SHOWN_LABELS
+            tail = f"<div class='rl-meta'>+{more} more labels</div>" if more > 0 else ""
+            body += f"<table class='rl-scores'>{''.join(rows)}</table>{tail}"
+        body += f"<div class='rl-meta'>answered in {answer.latency_s:.2f} s</div>"
+    css = "rl-panel rl-picked" if picked else "rl-panel"
+    return f"<div class='{css}' data-backend='{html.escape(info.name)}'>{head}{body}</div>"
+
+
+def build(infos: Sequence[BackendInfo], *, prefix: str, per_row: int = 3, with_verdicts: bool = True) -> list[PanelHandles]:
+    """Panels in rows of ``per_row``; each with a verdict radio (elem_id ``{prefix}verdict-{i}``)."""
+    import gradio as gr
+
+    panels: list[PanelHandles] = []
+    for start in range(0, len(infos), per_row):
+        with gr.Row(equal_height=False):
+            for index in range(start, min(start + per_row, len(infos))):
+                info = infos[index]
+                with gr.Column(min_width=260):
+                    body = gr.HTML(render_panel(info, None), elem_id=f"{prefix}panel-{index}")
+                    verdict = gr.Radio(
+                        VERDICTS, value=None, show_label=False, visible=with_verdicts,
+                        elem_id=f"{prefix}verdict-{index}", elem_classes=["rl-verdict"],
+                    )
+                    panels.append(PanelHandles(name=info.name, body=body, verdict=verdict))
+    return panels
+
+
+def verdicts_from(values: Sequence[str | None], names: Sequence[str]) -> dict[str, float]:
+    """Radio values -> {backend: 1.0 | 0.0}; skipped panels are left out."""
+    out: dict[str, float] = {}
+    for name, value in zip(names, values):
+        score = VERDICT_VALUES.get(value) if value else None
+        if score is not None:
+            out[name] = score
+    return out

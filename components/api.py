@@ -1,0 +1,109 @@
+"""The programmatic endpoints (gradio_client): /route, /compare, /judge, /stats, returning JSON.
+
+They call the same Runtime as the tabs. Bad input raises ``gr.Error`` with a message the client sees
+(never a stack trace).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from components.runtime import InputError, Runtime
+
+log = logging.getLogger("routelens")
+
+MAX_VERDICTS_JSON = 20_000
+
+
+def parse_verdicts(text: str | dict[str, Any]) -> dict[str, Any]:
+    """``{"backend": 1|0|true|false|null, ...}`` or ``{"verdicts": {...}, "best": ..., "true_answer": ...,
+    "reason": ..., "client_key": ...}``; raises ValueError with a clear message."""
+    if isinstance(text, dict):
+        data = text
+    else:
+        if not text or len(text) > MAX_VERDICTS_JSON:
+            raise ValueError("verdicts must be a JSON object of at most 20,000 characters")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"verdicts are not valid JSON: {exc.msg}") from exc
+    if not isinstance(data, dict):
+        raise ValueError('verdicts must be a JSON object such as {"clip": 1, "llava": 0}')
+    if "verdicts" in data:
+        extra = {k: data.get(k) for k in ("best", "true_answer", "reason", "client_key")}
+        verdicts = data["verdicts"]
+    else:
+        extra, verdicts = {}, data
+    if not isinstance(verdicts, dict):
+        raise ValueError("verdicts must map backend names to 1 (correct), 0 (wrong) or null")
+    return {"verdicts": verdicts, **extra}
+
+
+class Api:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def route(self, image: Any, question: str) -> dict[str, Any]:
+        """The router's decision for one image and question, before any backend answers."""
+        import gradio as gr
+
+        try:
+            picture, clean, _ = self.runtime.prepare(image, question, None)
+        except InputError as exc:
+            raise gr.Error(str(exc)) from exc
+        return self.runtime.route(picture, clean)
+
+    def compare(self, image: Any, question: str, labels: str) -> dict[str, Any]:
+        """Route, run every backend, record: {query_id, decision, answers: {backend: answer}}."""
+        import gradio as gr
+
+        try:
+            return self.runtime.compare_all(image, question, labels, source="api").to_json()
+        except InputError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    def judge(self, query_id: str, verdicts: str, annotator: str) -> dict[str, Any]:
+        """Store one judgment; {saved: n} (0 when the same client_key was stored before)."""
+        import gradio as gr
+
+        try:
+            parsed = parse_verdicts(verdicts)
+            saved = self.runtime.judge(
+                (query_id or "").strip(), parsed["verdicts"], best=parsed.get("best"),
+                true_answer=parsed.get("true_answer"), reason=parsed.get("reason"),
+                annotator=annotator or "api", client_key=parsed.get("client_key"),
+            )
+        except ValueError as exc:
+            raise gr.Error(f"not saved: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - JudgmentNotSaved and the like
+            log.error("judgment not saved: %s", exc)
+            raise gr.Error(f"not saved: {exc}") from exc
+        return {"saved": saved}
+
+    def stats(self) -> dict[str, Any]:
+        """Per-backend and per-category accuracy from judgments, counts and router versions."""
+        return self.runtime.stats()
+
+
+def build(runtime: Runtime) -> Api:
+    """Hidden components wired to the named endpoints (shown under "Use via API")."""
+    import gradio as gr
+
+    api = Api(runtime)
+    with gr.Column(visible=False):
+        image = gr.Image(type="filepath", label="image")
+        question = gr.Textbox(label="question")
+        labels = gr.Textbox(label="labels")
+        query_id = gr.Textbox(label="query_id")
+        verdicts = gr.Textbox(label="verdicts")
+        annotator = gr.Textbox(label="annotator")
+        result = gr.JSON(label="result")
+        trigger = gr.Button("api")
+    limit = runtime.config.max_concurrent_compares
+    trigger.click(api.route, [image, question], result, api_name="route", concurrency_id="route", concurrency_limit=4)
+    trigger.click(api.compare, [image, question, labels], result, api_name="compare", concurrency_id="compare", concurrency_limit=limit)
+    trigger.click(api.judge, [query_id, verdicts, annotator], result, api_name="judge", concurrency_id="judge", concurrency_limit=8)
+    trigger.click(api.stats, None, result, api_name="stats", concurrency_id="stats", concurrency_limit=4)
+    return api

@@ -1,0 +1,33 @@
+"""Which answer was best, the true answer and a reason; Submit confirms only after the commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+BEST_EXTRA = [("Tie", "tie"), ("All wrong", "all_wrong")]
+
+
+@dataclass
+class JudgeHandles:
+    best: Any
+    true_answer: Any
+    reason: Any
+    submit: Any
+    status: Any
+
+
+def build(backend_names: Sequence[str], *, prefix: str = "", submit_label: str = "Save judgment") -> JudgeHandles:
+    import gradio as gr
+
+    with gr.Group():
+        best = gr.Radio(
+            [(name, name) for name in backend_names] + BEST_EXTRA, label="Best answer", elem_id=f"{prefix}best",
+        )
+        with gr.Row():
+            true_answer = gr.Textbox(label="True answer (optional)", max_lines=1, elem_id=f"{prefix}true-answer")
+            reason = gr.Textbox(label="Reason (optional)", max_lines=3, elem_id=f"{prefix}reason")
+    with gr.Row():
+        submit = gr.Button(submit_label, variant="primary", interactive=False, elem_id=f"{prefix}save")
+    status = gr.Markdown("", elem_id=f"{prefix}judge-status")
+    return JudgeHandles(best=best, true_answer=true_answer, reason=reason, submit=submit, status=status)

@@ -1,0 +1,99 @@
+"""The router card: which backend the router picks, how sure it is, and every backend's P(correct)."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from router.base import choose_by_utility, utility_matrix
+
+
+@dataclass
+class RouterCardHandles:
+    card: Any
+    chart: Any
+    lambda_cost: Any
+
+
+def rerank(decision: dict[str, Any], costs: dict[str, float], lambda_cost: float) -> dict[str, Any]:
+    """The same decision under another cost trade-off (no model call: the probabilities stay)."""
+    names = list(decision["probabilities"])
+    probs = np.array([decision["probabilities"][n] for n in names])
+    cost = np.array([costs.get(n, 0.0) for n in names])
+    utilities = utility_matrix(probs, cost, lambda_cost)
+    index = int(choose_by_utility(utilities, cost))
+    return dict(
+        decision,
+        choice=names[index],
+        confidence=float(probs[index]),
+        utilities={n: float(u) for n, u in zip(names, utilities)},
+        lambda_cost=float(lambda_cost),
+    )
+
+
+def render_card(decision: dict[str, Any] | None, kinds: dict[str, str], *, waiting: str = "") -> str:
+    if not decision:
+        text = html.escape(waiting or "Ask a question: the router's pick appears here before the answers.")
+        return f"<div class='rl-card' id='router-card'><div class='rl-route-meta'>{text}</div></div>"
+    choice = html.escape(decision["choice"])
+    confidence = 100 * float(decision.get("confidence", 0.0))
+    kind = html.escape(kinds.get(decision["choice"], ""))
+    category = html.escape(str(decision.get("category") or "unknown"))
+    version = html.escape(str(decision.get("version") or "-"))
+    latency = float(decision.get("latency_ms") or 0.0)
+    lam = float(decision.get("lambda_cost") or 0.0)
+    fallback = decision.get("fallback")
+    extra = f"<div class='rl-notice'>{html.escape(str(fallback))}</div>" if fallback else ""
+    return (
+        "<div class='rl-card' id='router-card'>"
+        "<div class='rl-route-meta'>Router pick</div>"
+        f"<div class='rl-route-choice'>{choice} <span class='rl-conf'>{confidence:.0f}%</span></div>"
+        f"<div class='rl-route-meta'>{kind} · predicted task: <b>{category}</b> · router {version} · "
+        f"decided in {latency:.0f} ms · cost weight λ={lam:.2f}</div>{extra}</div>"
+    )
+
+
+def render_chart(decision: dict[str, Any] | None, kinds: dict[str, str]):
+    """A plotly bar chart of P(correct) per backend; the pick is drawn in the accent colour."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    if decision:
+        names = list(decision["probabilities"])
+        values = [100 * float(decision["probabilities"][n]) for n in names]
+        colours = ["#4f46e5" if n == decision["choice"] else ("#93b4f0" if kinds.get(n) == "vlm" else "#c4b0ef") for n in names]
+        figure.add_bar(
+            x=values, y=names, orientation="h", marker_color=colours,
+            text=[f"{v:.0f}%" for v in values], textposition="auto",
+            hovertemplate="%{y}: %{x:.1f}% chance of a correct answer<extra></extra>",
+        )
+    figure.update_layout(
+        height=70 + 38 * max(1, len(decision["probabilities"]) if decision else 2),
+        margin=dict(l=10, r=10, t=30, b=10),
+        title=dict(text="P(correct answer) per backend", font=dict(size=13)),
+        xaxis=dict(range=[0, 100], ticksuffix="%"),
+        yaxis=dict(autorange="reversed"),
+        plot_bgcolor="rgba(0,0,0,0)",
+        paper_bgcolor="rgba(0,0,0,0)",
+    )
+    return figure
+
+
+def build(default_lambda: float = 0.0, *, prefix: str = "") -> RouterCardHandles:
+    import gradio as gr
+
+    card = gr.HTML(render_card(None, {}), elem_id=f"{prefix}router-card-box")
+    chart = gr.Plot(render_chart(None, {}), show_label=False, elem_id=f"{prefix}router-chart")
+    lambda_cost = gr.Slider(
+        0.0, 1.0, value=default_lambda, step=0.05, label="Cost weight λ (0 = accuracy only)",
+        info="Utility = P(correct) − λ × relative cost. Moving it re-ranks without asking the models again.",
+        elem_id=f"{prefix}lambda",
+    )
+    return RouterCardHandles(card=card, chart=chart, lambda_cost=lambda_cost)
+
+
+def kinds_of(infos: Sequence[Any]) -> dict[str, str]:
+    return {info.name: info.kind for info in infos}

@@ -1,0 +1,315 @@
+"""The one flow every surface calls: route -> run every backend -> record, and judge -> record.
+
+The Compare tab, the Annotate tab and the programmatic API all go through :class:`Runtime`; UI
+modules only draw and wire events. One Runtime belongs to one running app: it owns the loaded
+backends, the worker threads, the store and the active router. Nothing in it is per-user: per-user
+state (the current query, the annotator's session) lives in ``gr.State`` in the UI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from PIL import Image
+
+from backends.base import MAX_QUESTION_CHARS, Answer, Backend
+from backends.images import ImageError, load_image
+from backends.labels import labels_from_question, split_label_list
+from backends.presets import Preset, load_preset
+from backends.registry import build_backends
+from backends.run_all import BackendRunner
+from backends.shared import SharedModels
+
+log = logging.getLogger("routelens")
+
+#: Questions longer than this are refused (a page is not a prompt-injection playground).
+MAX_QUESTION_INPUT_CHARS = 10_000
+MAX_REASON_CHARS = 2000
+
+
+class InputError(ValueError):
+    """Bad input from a person; the message is shown as is."""
+
+
+def default_data_dir() -> Path:
+    """``ROUTELENS_DATA_DIR``; on a Hugging Face Space with persistent storage, ``/data``; else ``./var``."""
+    configured = os.environ.get("ROUTELENS_DATA_DIR")
+    if configured:
+        return Path(configured)
+    if os.environ.get("SPACE_ID") and os.access("/data", os.W_OK):
+        return Path("/data/routelens")
+    return Path("var")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    preset: str = "auto"
+    db_path: Path | None = None
+    quantize: bool = True
+    default_lambda: float = 0.0
+    #: Most answers computed at once across all users (the machine has few cores).
+    max_concurrent_compares: int = 2
+
+    @property
+    def resolved_db_path(self) -> Path:
+        return self.db_path or default_data_dir() / "routelens.sqlite"
+
+
+@dataclass
+class CompareResult:
+    """Everything one question produced; ``to_json`` is the ``/compare`` reply."""
+
+    query_id: str | None
+    decision: dict[str, Any] | None
+    answers: dict[str, Answer] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "query_id": self.query_id,
+            "decision": self.decision,
+            "answers": {name: _answer_public(a) for name, a in self.answers.items()},
+            "labels": self.labels,
+            "notices": self.notices,
+        }
+
+
+def _answer_public(answer: Answer) -> dict[str, Any]:
+    data = answer.to_json()
+    data.pop("backend", None)
+    return data
+
+
+def clean_question(question: str | None) -> str:
+    """Strip control characters, refuse empty or huge questions with a clear message."""
+    text = "".join(ch for ch in (question or "") if ch.isprintable() or ch in "\n\t")
+    text = " ".join(text.split())
+    if not text:
+        raise InputError("Please type a question about the image.")
+    if len(text) > MAX_QUESTION_INPUT_CHARS:
+        raise InputError(
+            f"The question is {len(text):,} characters long; please keep it under {MAX_QUESTION_INPUT_CHARS:,}."
+        )
+    return text[:MAX_QUESTION_CHARS]
+
+
+def resolve_labels(question: str, labels_text: str | Sequence[str] | None) -> list[str]:
+    """Labels a person typed, else the options the question lists, else none."""
+    if isinstance(labels_text, (list, tuple)):
+        labels = split_label_list(",".join(str(x) for x in labels_text))
+    else:
+        labels = split_label_list(labels_text)
+    return labels or labels_from_question(question)
+
+
+class Runtime:
+    """Loaded backends + router + store for one app process."""
+
+    def __init__(self, config: AppConfig, *, preset: Preset | None = None, backends: Sequence[Backend] | None = None) -> None:
+        self.config = config
+        self.preset = preset or load_preset(config.preset)
+        self.shared = SharedModels()
+        self.backends: list[Backend] = list(backends) if backends is not None else build_backends(
+            self.preset.backends, shared=self.shared, quantize=config.quantize
+        )
+        self.runner = BackendRunner(self.backends)
+        self._compare_slots = threading.BoundedSemaphore(max(1, config.max_concurrent_compares))
+        self.store, self.store_notice = self._open_store()
+        from components.router_holder import RouterHolder
+
+        self.router = RouterHolder(self)
+        self._loader: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- start-up
+    def _open_store(self):
+        from data.store import Store, StoreError
+
+        path = self.config.resolved_db_path
+        try:
+            return Store.open(path), None
+        except (StoreError, OSError) as exc:
+            log.error("database unavailable: %s", exc)
+            return None, f"Judgments cannot be saved: {exc}"
+
+    def start_loading(self) -> threading.Thread:
+        """Load every backend and the router in the background; the page is usable meanwhile."""
+        if self._loader is None:
+            self._loader = threading.Thread(target=self._load_everything, name="loader", daemon=True)
+            self._loader.start()
+        return self._loader
+
+    def _load_everything(self) -> None:
+        for backend in self.runner.load_all():
+            info = backend.describe()
+            log.info("backend %s: %s (%.1f s)", backend.name, info.status, info.load_time_s or 0.0)
+        self.router.ensure_loaded()
+
+    def wait_until_loaded(self, timeout_s: float | None = None) -> bool:
+        thread = self.start_loading()
+        thread.join(timeout_s)
+        return not thread.is_alive()
+
+    @property
+    def loading(self) -> bool:
+        return any(b.describe().status in ("not loaded", "loading") for b in self.backends) or not self.router.ready
+
+    def backend(self, name: str) -> Backend:
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        raise KeyError(name)
+
+    def device_summary(self) -> str:
+        from backends.devices import cuda_available
+
+        if cuda_available():
+            import torch
+
+            return f"GPU ({torch.cuda.get_device_name(0)})"
+        return f"CPU ({os.cpu_count()} cores)"
+
+    def status_lines(self) -> list[str]:
+        lines = [f"Preset **{self.preset.name}** on {self.device_summary()}: {self.preset.reason or self.preset.description}"]
+        for backend in self.backends:
+            info = backend.describe()
+            detail = {
+                "ready": f"ready in {info.load_time_s:.1f} s" if info.load_time_s is not None else "ready",
+                "failed": f"failed: {info.error}",
+            }.get(info.status, info.status + "…")
+            lines.append(f"{backend.name} ({info.kind}): {detail}")
+        lines.append(f"Router: {self.router.status()}")
+        if self.store_notice:
+            lines.append(self.store_notice)
+        return lines
+
+    # ---------------------------------------------------------------- the flow
+    def prepare(self, image: Any, question: str | None, labels_text: str | Sequence[str] | None) -> tuple[Image.Image, str, list[str]]:
+        """Validate input: raises :class:`InputError` (or ImageError) with a message for the person."""
+        clean = clean_question(question)
+        try:
+            picture = load_image(image)
+        except ImageError as exc:
+            raise InputError(str(exc)) from exc
+        return picture, clean, resolve_labels(clean, labels_text)
+
+    def route(self, image: Image.Image, question: str, lambda_cost: float | None = None) -> dict[str, Any]:
+        decision = self.router.decide(image, question, lambda_cost=lambda_cost)
+        return decision
+
+    def compare(
+        self,
+        image: Any,
+        question: str | None,
+        labels_text: str | Sequence[str] | None = None,
+        *,
+        lambda_cost: float | None = None,
+        source: str = "compare",
+        session_id: str | None = None,
+        item_id: str | None = None,
+        category: str | None = None,
+    ) -> Iterator[tuple[str, Any]]:
+        """Yield ("start", CompareResult), ("decision", dict), then ("answer", Answer) per backend.
+
+        Raises InputError before anything is recorded when the input is bad.
+        """
+        picture, clean, labels = self.prepare(image, question, labels_text)
+        result = CompareResult(query_id=None, decision=None, labels=labels)
+        if len(clean) < len(" ".join((question or "").split())):
+            result.notices.append(f"The question was shortened to {MAX_QUESTION_CHARS} characters.")
+        with self._compare_slots:
+            result.query_id = self._record(
+                "query", lambda: self._record_query(picture, clean, labels, source, session_id, item_id, category), result
+            )
+            yield "start", result
+            result.decision = self.route(picture, clean, lambda_cost)
+            if result.query_id:
+                self._record("decision", lambda: self.store.record_decision(result.query_id, result.decision), result)
+            yield "decision", result.decision
+            for answer in self.runner.stream(picture, clean, labels or None):
+                result.answers[answer.backend] = answer
+                if result.query_id:
+                    self._record("answer", lambda a=answer: self.store.record_answer(result.query_id, a.backend, a.to_json()), result)
+                yield "answer", answer
+        yield "done", result
+
+    def compare_all(self, image: Any, question: str | None, labels_text: Any = None, **kwargs: Any) -> CompareResult:
+        result: CompareResult | None = None
+        for event, payload in self.compare(image, question, labels_text, **kwargs):
+            if event == "done":
+                result = payload
+        assert result is not None
+        return result
+
+    def _record_query(self, picture, question, labels, source, session_id, item_id, category) -> str:
+        sha = self.store.put_image(picture)
+        return self.store.record_query(
+            image_sha256=sha, question=question, labels=labels or None, source=source,
+            session_id=session_id, item_id=item_id, category=category,
+        )
+
+    def _record(self, what: str, action, result: CompareResult):
+        """Run a store write; a failure becomes a notice, never a broken page."""
+        if self.store is None:
+            if self.store_notice and self.store_notice not in result.notices:
+                result.notices.append(self.store_notice)
+            return None
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - the answers still reach the person
+            log.error("could not record %s: %s", what, exc)
+            message = f"This {what} was not recorded: {exc}"
+            if message not in result.notices:
+                result.notices.append(message)
+            return None
+
+    def judge(
+        self,
+        query_id: str,
+        verdicts: dict[str, Any],
+        *,
+        best: str | None = None,
+        true_answer: str | None = None,
+        reason: str | None = None,
+        annotator: str = "anonymous",
+        session_id: str | None = None,
+        client_key: str | None = None,
+    ) -> int:
+        """Store a judgment; returns rows saved. Raises ValueError (bad input) or JudgmentNotSaved."""
+        if self.store is None:
+            from data.store import JudgmentNotSaved
+
+            raise JudgmentNotSaved(self.store_notice or "the database is unavailable")
+        if reason and len(reason) > MAX_REASON_CHARS:
+            raise ValueError(f"The reason is {len(reason):,} characters long; keep it under {MAX_REASON_CHARS:,}.")
+        return self.store.record_judgment(
+            query_id=query_id,
+            verdicts=verdicts,
+            best=best or None,
+            true_answer=(true_answer or "").strip() or None,
+            reason=(reason or "").strip() or None,
+            annotator=(annotator or "anonymous").strip()[:100] or "anonymous",
+            session_id=session_id,
+            client_key=client_key or uuid.uuid4().hex,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"preset": self.preset.name, "router": self.router.describe()}
+        if self.store is None:
+            out["error"] = self.store_notice
+            return out
+        out.update(self.store.stats())
+        out["router_versions"] = self.store.router_versions()
+        return out
+
+    def close(self) -> None:
+        self.runner.close()
+        if self.store is not None:
+            self.store.close()
+

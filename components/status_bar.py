@@ -1,0 +1,42 @@
+"""The status line: preset, device and why, then one line per backend while models load."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from components.runtime import Runtime
+
+
+def render(runtime: Runtime) -> str:
+    lines = runtime.status_lines()
+    head, rest = lines[0], lines[1:]
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in rest)
+    return f"<div id='rl-status-box'>{_bold(head)}<ul>{items}</ul></div>"
+
+
+def _bold(text: str) -> str:
+    """The head line carries **preset**; escape everything else."""
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def build(runtime: Runtime) -> Any:
+    import gradio as gr
+
+    with gr.Accordion("Models and status", open=True, elem_id="rl-status"):
+        box = gr.HTML(render(runtime))
+    return box
+
+
+def wire(demo: Any, box: Any, runtime: Runtime) -> None:
+    """Refresh the status every 2 s while anything is loading, then stop polling."""
+    import gradio as gr
+
+    timer = gr.Timer(2.0, active=True)
+
+    def tick() -> list[Any]:
+        return [render(runtime), gr.Timer(active=runtime.loading)]
+
+    timer.tick(tick, None, [box, timer], queue=False, show_progress="hidden")
+    demo.load(tick, None, [box, timer], queue=False)

@@ -1,0 +1,96 @@
+"""Look and feel: the theme, the style sheet and the keyboard-shortcut script (passed to launch())."""
+
+from __future__ import annotations
+
+from typing import Any
+
+CSS = """
+.gradio-container {max-width: 1400px !important; margin: auto;}
+#rl-header {display:flex; align-items:baseline; gap:14px; padding:6px 2px 0 2px;}
+#rl-header h1 {font-size: 1.7rem; margin: 0; letter-spacing: -0.02em;}
+#rl-header .tag {color: var(--body-text-color-subdued); font-size: 0.95rem;}
+#rl-status {font-size: 0.85rem; color: var(--body-text-color-subdued);}
+#rl-status ul {margin: 0; padding-left: 1.1em;}
+.rl-card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 12px 14px;
+  background: var(--block-background-fill);}
+.rl-route-choice {font-size: 1.35rem; font-weight: 650;}
+.rl-route-meta {color: var(--body-text-color-subdued); font-size: 0.85rem; margin-top: 4px;}
+.rl-conf {display:inline-block; min-width: 3.2em; padding: 1px 8px; border-radius: 999px; font-weight: 600;
+  background: var(--color-accent-soft); color: var(--color-accent);}
+.rl-panel {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 10px 12px; min-height: 150px;}
+.rl-panel.rl-picked {border: 2px solid var(--color-accent); box-shadow: 0 0 0 3px var(--color-accent-soft);}
+.rl-panel-head {display:flex; justify-content: space-between; align-items: baseline; gap: 8px;}
+.rl-panel-name {font-weight: 650; font-size: 1.02rem;}
+.rl-kind {font-size: 0.72rem; padding: 1px 7px; border-radius: 999px; border: 1px solid var(--border-color-primary);
+  text-transform: uppercase; letter-spacing: 0.04em;}
+.rl-kind.vlm {background: #e8f1ff; color: #1f4fa3; border-color: #b9cff5;}
+.rl-kind.vlmllm {background: #f3ebff; color: #5b2ea6; border-color: #d4c1f3;}
+.rl-pick-badge {font-size: 0.72rem; padding: 1px 7px; border-radius: 999px; background: var(--color-accent); color: white;}
+.rl-meta {color: var(--body-text-color-subdued); font-size: 0.78rem; margin: 2px 0 8px 0;}
+.rl-answer {font-size: 1.15rem; font-weight: 600; margin: 6px 0; word-break: break-word;}
+.rl-error {color: #b42318; background: #fef3f2; border: 1px solid #fecdca; border-radius: 8px; padding: 6px 8px;
+  font-size: 0.9rem; word-break: break-word;}
+.rl-wait {color: var(--body-text-color-subdued); display:flex; align-items:center; gap:8px; margin: 10px 0;}
+.rl-spinner {width: 16px; height: 16px; border: 2px solid var(--border-color-primary); border-top-color: var(--color-accent);
+  border-radius: 50%; animation: rl-spin 0.8s linear infinite;}
+@keyframes rl-spin {to {transform: rotate(360deg);}}
+.rl-bar {height: 7px; border-radius: 4px; background: var(--color-accent); opacity: 0.75;}
+.rl-scores {width: 100%; font-size: 0.85rem; border-collapse: collapse;}
+.rl-scores td {padding: 2px 4px; vertical-align: middle;}
+.rl-scores td.s {width: 44%;}
+.rl-scores td.v {text-align: right; width: 3.5em; color: var(--body-text-color-subdued);}
+.rl-notice {font-size: 0.85rem; color: #8a5a00;}
+.rl-progress {height: 10px; border-radius: 5px; background: var(--border-color-primary); overflow: hidden;}
+.rl-progress > div {height: 100%; background: var(--color-accent);}
+.rl-keys kbd {border: 1px solid var(--border-color-primary); border-bottom-width: 2px; border-radius: 4px;
+  padding: 0 5px; font-size: 0.8rem;}
+footer {display: none !important;}
+"""
+
+#: Annotate-tab shortcuts: 1-9 toggle backend N correct/wrong, t tie, a all wrong, Enter save & next,
+#: n skip. Ignored while typing in a text box. Implemented by clicking the real controls, so the
+#: keyboard and the mouse do exactly the same thing.
+SHORTCUTS_JS = """
+() => {
+  if (window.__routelensKeys) return;
+  window.__routelensKeys = true;
+  document.addEventListener('keydown', (event) => {
+    const tab = document.querySelector('#annotate-root');
+    if (!tab || tab.offsetParent === null) return;
+    const target = event.target;
+    if (target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type === 'text'))) return;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const click = (selector) => { const el = document.querySelector(selector); if (el) { el.click(); return true; } return false; };
+    let handled = false;
+    if (/^[1-9]$/.test(event.key)) {
+      const group = document.querySelector('#ann-verdict-' + (Number(event.key) - 1));
+      if (group) {
+        const inputs = Array.from(group.querySelectorAll('input[type=radio]'));
+        const current = inputs.findIndex((i) => i.checked);
+        const next = inputs[(current + 1) % inputs.length];
+        if (next) { next.click(); handled = true; }
+      }
+    } else if (event.key === 't') {
+      handled = click('#ann-best input[value="tie"]');
+    } else if (event.key === 'a') {
+      handled = click('#ann-best input[value="all_wrong"]');
+    } else if (event.key === 'Enter') {
+      handled = click('#ann-save');
+    } else if (event.key === 'n') {
+      handled = click('#ann-skip');
+    }
+    if (handled) event.preventDefault();
+  });
+}
+"""
+
+
+def theme() -> Any:
+    import gradio as gr
+
+    return gr.themes.Soft(primary_hue="indigo", neutral_hue="slate", font=["Inter", "ui-sans-serif", "system-ui", "sans-serif"])
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Style arguments for ``Blocks.launch`` (gradio 6 takes them there, not in the constructor)."""
+    return {"theme": theme(), "css": CSS, "js": SHORTCUTS_JS}
