@@ -1,0 +1,161 @@
+"""Export a store's performance pairs and judgments as JSONL, CSV or Parquet.
+
+- ``jsonl``: ``OUT`` is the pairs file, in exactly the format ``python -m data import`` reads (so
+  export -> import keeps every row); the judgments go next to it in ``<OUT stem>.judgments.jsonl``.
+- ``csv`` / ``parquet``: ``OUT`` is a folder (created if missing) holding ``pairs.<ext>`` and
+  ``judgments.<ext>``. Pairs columns are the pairs format's fields (fields beyond the format that
+  imported rows carried are kept by JSONL only).
+
+Judgment rows: one per judged backend of a judgment (a judgment with only a best answer gives one
+row with an empty backend): judgment_id, query_id, backend, correct, best, true_answer, reason,
+annotator, session_id, client_key, created_at, question, category, image_sha256, answer.
+
+``export_all(store, fmt, folder)`` does the same into ``folder`` and returns one zip of both files
+(the leaderboard's download button). Every file is written under a temporary name and renamed
+when complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from data.pairs import FIELDS as PAIR_FIELDS
+from data.pairs import write_pairs
+from data.store import Store
+
+FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet")
+
+JUDGMENT_FIELDS: tuple[str, ...] = (
+    "judgment_id", "query_id", "backend", "correct", "best", "true_answer", "reason", "annotator",
+    "session_id", "client_key", "created_at", "question", "category", "image_sha256", "answer",
+)
+
+
+def judgments_jsonl_path(out: str | os.PathLike[str]) -> Path:
+    out = Path(out)
+    stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(f"{stem}.judgments.jsonl")
+
+
+def export(store: Store, fmt: str, out: str | os.PathLike[str], *, source: str | None = None) -> dict[str, Any]:
+    """Write pairs and judgments; returns {"pairs": (path, rows), "judgments": (path, rows)}."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(os.path.abspath(out))
+    pairs = store.performance_pairs(source=source)
+    if fmt == "jsonl":
+        if out.is_dir():
+            raise ValueError(f"{out} is a folder; for jsonl, --out names the pairs file (e.g. {out / 'pairs.jsonl'})")
+        n_pairs = write_pairs(pairs, out)
+        judgments_path = judgments_jsonl_path(out)
+        n_judgments = _write_jsonl(store.judgment_rows(), judgments_path)
+        return {"pairs": (out, n_pairs), "judgments": (judgments_path, n_judgments)}
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; for {fmt}, --out names a folder that gets pairs.{fmt} and judgments.{fmt}")
+    out.mkdir(parents=True, exist_ok=True)
+    pair_rows = ({key: row.get(key) for key in PAIR_FIELDS} for row in pairs)
+    judgment_rows = ({key: row.get(key) for key in JUDGMENT_FIELDS} for row in store.judgment_rows())
+    writer = _write_csv if fmt == "csv" else _write_parquet
+    pairs_path, judgments_path = out / f"pairs.{fmt}", out / f"judgments.{fmt}"
+    n_pairs = writer(pair_rows, PAIR_FIELDS, pairs_path)
+    n_judgments = writer(judgment_rows, JUDGMENT_FIELDS, judgments_path)
+    return {"pairs": (pairs_path, n_pairs), "judgments": (judgments_path, n_judgments)}
+
+
+def export_all(store: Store, fmt: str, folder: str | os.PathLike[str]) -> Path:
+    """Export pairs and judgments in ``fmt`` into ``folder`` and return one zip holding both files
+    (``routelens-<fmt>.zip``), for a single download button."""
+    folder = Path(folder)
+    staging = folder / f"routelens-{fmt}"
+    if fmt == "jsonl":
+        written = export(store, fmt, staging / "pairs.jsonl")
+    else:
+        written = export(store, fmt, staging)
+    archive = folder / f"routelens-{fmt}.zip"
+    tmp = _atomic(archive)
+    try:
+        with zipfile.ZipFile(tmp, "x", compression=zipfile.ZIP_DEFLATED) as bundle:
+            for path, _count in written.values():
+                bundle.write(path, arcname=path.name)
+        _finish(tmp, archive)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return archive
+
+
+def _atomic(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+
+
+def _finish(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:
+    tmp = _atomic(path)
+    count = 0
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False))
+                handle.write("\n")
+                count += 1
+        _finish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def _write_csv(rows: Iterator[dict[str, Any]], columns: tuple[str, ...], path: Path) -> int:
+    tmp = _atomic(path)
+    count = 0
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(row)
+                count += 1
+        _finish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def _write_parquet(rows: Iterator[dict[str, Any]], columns: tuple[str, ...], path: Path) -> int:
+    import pyarrow as pa  # optional dependencies, only needed here
+    import pyarrow.parquet as pq
+
+    floats = {"correct", "latency_s"}
+    ints = {"judgment_id"}
+    schema = pa.schema([
+        (name, pa.float64() if name in floats else pa.int64() if name in ints else pa.string())
+        for name in columns
+    ])
+    tmp = _atomic(path)
+    count = 0
+    try:
+        with pq.ParquetWriter(str(tmp), schema) as writer:
+            batch: list[dict[str, Any]] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= 10_000:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    count += len(batch)
+                    batch = []
+            if batch or count == 0:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                count += len(batch)
+        _finish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
