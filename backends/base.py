@@ -107,6 +107,9 @@ class Backend(ABC):
 
     kind: ClassVar[str] = "vlm"
     family: ClassVar[str] = "base"
+    #: Seconds after which a failed load is tried again (None: never). A remote server that was down
+    #: at start-up may come back; a local model whose weights are missing will not.
+    retry_failed_load_after_s: float | None = None
 
     def __init__(
         self,
@@ -138,14 +141,15 @@ class Backend(ABC):
         )
         self._load_lock = threading.Lock()
         self._loaded = False
+        self._failed_at: float | None = None
 
     # ------------------------------------------------------------------ loading
     def load(self) -> bool:
         """Load the model once; safe to call from many threads. Returns True when ready."""
-        if self._loaded:
+        if self._loaded and not self._should_retry_load():
             return self.info.status == "ready"
         with self._load_lock:
-            if self._loaded:
+            if self._loaded and not self._should_retry_load():
                 return self.info.status == "ready"
             self.info.status = "loading"
             start = time.perf_counter()
@@ -156,6 +160,7 @@ class Backend(ABC):
                     raise
                 self.info.status = "failed"
                 self.info.error = f"could not load: {describe_exception(exc)}"
+                self._failed_at = time.monotonic()
                 self._debug_trace = traceback.format_exc()
             else:
                 self.info.status = "ready"
@@ -164,6 +169,14 @@ class Backend(ABC):
                 self.info.load_time_s = round(time.perf_counter() - start, 3)
                 self._loaded = True
         return self.info.status == "ready"
+
+    def _should_retry_load(self) -> bool:
+        return (
+            self.retry_failed_load_after_s is not None
+            and self.info.status == "failed"
+            and self._failed_at is not None
+            and time.monotonic() - self._failed_at >= self.retry_failed_load_after_s
+        )
 
     @abstractmethod
     def _load(self) -> None:

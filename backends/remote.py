@@ -447,7 +447,7 @@ class RemoteBackend(Backend):
         self.send_image = bool(send_image)
         self.check_vision = bool(check_vision)
         self.label_logprobs = bool(label_logprobs)
-        self.reconnect_after_s = float(reconnect_after_s)
+        self.retry_failed_load_after_s = float(reconnect_after_s)
         self.allow_plain_http_key = bool(allow_plain_http_key)
         self.extra_body: dict[str, Any] = dict(extra_body or {})
         self.stats = RemoteStats()
@@ -458,7 +458,6 @@ class RemoteBackend(Backend):
         self._client_lock = threading.Lock()
         self._rng = random.Random()
         self._logprobs_supported = True
-        self._failed_at: float | None = None
         self.info.device = f"remote {self._host_port}"
         self.info.quantization = "server-side"
 
@@ -649,26 +648,8 @@ class RemoteBackend(Backend):
         return self._scrub(message)
 
     # ----------------------------------------------------------------------------------- loading
-    def load(self) -> bool:
-        """As :meth:`Backend.load`, but a failed load is retried after ``reconnect_after_s``.
-
-        A remote server that was down at start-up may come back; a local model that failed will not,
-        which is why only this family reconnects.
-        """
-        if self._loaded and self.info.status == "failed" and self._failed_at is not None:
-            with self._load_lock:
-                failed_at = self._failed_at
-                if failed_at is not None and time.monotonic() - failed_at >= self.reconnect_after_s:
-                    self._loaded = False
-                    self._failed_at = None
-        return super().load()
-
     def _load(self) -> None:
-        try:
-            self._connect()
-        except BaseException:
-            self._failed_at = time.monotonic()
-            raise
+        self._connect()
 
     def _connect(self) -> None:
         if self.api_key_env:
