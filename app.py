@@ -65,14 +65,16 @@ def build_app(runtime: Runtime) -> Any:
     compare = CompareView(runtime)
     annotate = AnnotateView(runtime)
     leaderboard = LeaderboardView(runtime)
-    with gr.Blocks(title="RouteLens — route visual questions to the right model", fill_width=False) as demo:
+    with gr.Blocks(title="RouteLens — route visual questions to the right model", analytics_enabled=False) as demo:
         gr.Markdown(INTRO, elem_id="rl-intro")
-        status = status_bar.build(runtime)
-        with gr.Row():
-            annotator = gr.Textbox(
-                label="Your name (stored with your judgments)", placeholder="anonymous", max_lines=1, scale=1,
-                elem_id="annotator",
-            )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                status = status_bar.build(runtime)
+            with gr.Column(scale=1, min_width=220):
+                annotator = gr.Textbox(
+                    label="Your name (stored with your judgments)", placeholder="anonymous", max_lines=1,
+                    elem_id="annotator",
+                )
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
                 compare.build(annotator)
@@ -85,11 +87,7 @@ def build_app(runtime: Runtime) -> Any:
         leaderboard_tab.select(leaderboard.refresh, None, outputs)
         api.build(runtime)
 
-        def whoami(request: gr.Request) -> Any:
-            user = getattr(request, "username", None)
-            return gr.update(value=user, interactive=False) if user else gr.skip()
-
-        demo.load(whoami, None, [annotator], queue=False)
+        demo.load(api.whoami, None, [annotator], queue=False)
         status_bar.wire(demo, status, runtime)
     return demo
 

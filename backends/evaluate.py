@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from backends.images import ImageError, load_image
 from backends.run_all import BackendRunner
 from backends.scoring import score_answer
 from data.datasets import EvalItem
+from data.pairs import dump_pair
 
 
 @dataclass
@@ -67,23 +66,14 @@ def image_bytes_sha256(item_image: Any) -> tuple[str, str | None]:
     return hashlib.sha256(buffer.getvalue()).hexdigest(), None
 
 
-def _relative(path: str | None, folder: Path) -> str | None:
-    if path is None:
-        return None
-    try:
-        return os.path.relpath(Path(path).resolve(), folder.resolve())
-    except ValueError:  # another drive on Windows
-        return str(Path(path).resolve())
-
-
-def pair_row(item: EvalItem, answer: Answer, sha256: str, image_path: str | None, out_folder: Path) -> dict[str, Any]:
+def pair_row(item: EvalItem, answer: Answer, sha256: str, image_path: str | None) -> dict[str, Any]:
     """One performance pair in the DESIGN.md format."""
     text = answer.text or ""
     correct = 0.0 if answer.error else score_answer(text, item.accepted)
     return {
         "query_id": item.id,
         "question": item.question,
-        "image": _relative(image_path, out_folder),
+        "image": str(Path(image_path).resolve()) if image_path else None,
         "image_sha256": sha256,
         "category": item.category,
         "backend": answer.backend,
@@ -118,8 +108,8 @@ def run_eval(
                     continue
                 summary.items += 1
                 for answer in runner.stream(image, item.question, item.labels):
-                    row = pair_row(item, answer, sha256, path, out_path.parent)
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    row = pair_row(item, answer, sha256, path)
+                    out.write(dump_pair(row, out_path.parent.resolve()) + "\n")
                     summary.add(answer.backend, item.category, row["correct"], answer.error is not None)
                 out.flush()
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import logging
 import threading
+import gradio as gr
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -130,8 +132,6 @@ class AnnotateView:
 
     def show(self, state: AnnotationState) -> Iterator[list[Any]]:
         """Load the current item and stream every backend's answer into the panels."""
-        import gradio as gr
-
         blank_verdicts = [None] * len(self.names)
         if not state or not state.session_id:
             yield [None, "", "", *self.compare._panels(QueryState(), running=False), *blank_verdicts, gr.update(interactive=False), state]
@@ -194,8 +194,6 @@ class AnnotateView:
                 client_key=client_key(state.query.query_id, payload),
             )
         except Exception as exc:  # noqa: BLE001 - the person must know it was not saved
-            import gradio as gr
-
             # Raising stops the chain, so the item and its verdicts stay on the page for a retry.
             raise gr.Error(f"Not saved: {exc}. Your verdicts are still on the page; try again.") from exc
         state.done.add(state.current)
@@ -209,8 +207,6 @@ class AnnotateView:
 
     # ---------------------------------------------------------------- layout
     def build(self, annotator: Any) -> None:
-        import gradio as gr
-
         state = gr.State(AnnotationState())
         choices = self.dataset_choices()
         with gr.Column(elem_id="annotate-root"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+import gradio as gr
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -72,8 +74,6 @@ def render_panel(info: BackendInfo, answer: Answer | None, *, picked: bool = Fal
 
 def build(infos: Sequence[BackendInfo], *, prefix: str, per_row: int = 3, with_verdicts: bool = True) -> list[PanelHandles]:
     """Panels in rows of ``per_row``; each with a verdict radio (elem_id ``{prefix}verdict-{i}``)."""
-    import gradio as gr
-
     panels: list[PanelHandles] = []
     for start in range(0, len(infos), per_row):
         with gr.Row(equal_height=False):

@@ -10,6 +10,8 @@ import json
 import logging
 from typing import Any
 
+import gradio as gr
+
 from components.runtime import InputError, Runtime
 
 log = logging.getLogger("routelens")
@@ -47,8 +49,6 @@ class Api:
 
     def route(self, image: Any, question: str) -> dict[str, Any]:
         """The router's decision for one image and question, before any backend answers."""
-        import gradio as gr
-
         try:
             picture, clean, _ = self.runtime.prepare(image, question, None)
         except InputError as exc:
@@ -57,8 +57,6 @@ class Api:
 
     def compare(self, image: Any, question: str, labels: str) -> dict[str, Any]:
         """Route, run every backend, record: {query_id, decision, answers: {backend: answer}}."""
-        import gradio as gr
-
         try:
             return self.runtime.compare_all(image, question, labels, source="api").to_json()
         except InputError as exc:
@@ -66,8 +64,6 @@ class Api:
 
     def judge(self, query_id: str, verdicts: str, annotator: str) -> dict[str, Any]:
         """Store one judgment; {saved: n} (0 when the same client_key was stored before)."""
-        import gradio as gr
-
         try:
             parsed = parse_verdicts(verdicts)
             saved = self.runtime.judge(
@@ -89,8 +85,6 @@ class Api:
 
 def build(runtime: Runtime) -> Api:
     """Hidden components wired to the named endpoints (shown under "Use via API")."""
-    import gradio as gr
-
     api = Api(runtime)
     with gr.Column(visible=False):
         image = gr.Image(type="filepath", label="image")
@@ -107,3 +101,9 @@ def build(runtime: Runtime) -> Api:
     trigger.click(api.judge, [query_id, verdicts, annotator], result, api_name="judge", concurrency_id="judge", concurrency_limit=8)
     trigger.click(api.stats, None, result, api_name="stats", concurrency_id="stats", concurrency_limit=4)
     return api
+
+
+def whoami(request: gr.Request) -> Any:
+    """The logged-in user's name (with --auth) fills the annotator box and locks it."""
+    user = getattr(request, "username", None)
+    return gr.update(value=user, interactive=False) if user else gr.skip()

@@ -8,6 +8,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import gradio as gr
+
 from backends.base import Answer
 from components import answer_grid, input_panel, judge_bar, router_card
 from components.runtime import InputError, Runtime
@@ -55,8 +57,6 @@ class CompareView:
         ]
 
     def _outputs(self, state: QueryState, *, notice: str, labels: Any, running: bool, waiting: str = "") -> list[Any]:
-        import gradio as gr
-
         kinds = self._kinds()
         return [
             notice,
@@ -70,8 +70,6 @@ class CompareView:
 
     # ---------------------------------------------------------------- handlers
     def ask(self, image: Any, question: str, labels_text: str, lambda_cost: float, state: QueryState | None) -> Iterator[list[Any]]:
-        import gradio as gr
-
         state = QueryState()
         try:
             events = self.runtime.compare(image, question, labels_text, lambda_cost=lambda_cost)
@@ -95,8 +93,6 @@ class CompareView:
         yield self._outputs(state, notice=notices, labels=gr.skip(), running=False)
 
     def rerank(self, lambda_cost: float, state: QueryState | None) -> list[Any]:
-        import gradio as gr
-
         if not state or not state.decision:
             return [gr.skip(), gr.skip(), *[gr.skip() for _ in self.names], state]
         state.decision = router_card.rerank(state.decision, self.costs, lambda_cost)
@@ -110,8 +106,6 @@ class CompareView:
 
     def save(self, state: QueryState | None, *values: Any) -> list[Any]:
         """values = verdict radios..., best, true answer, reason, annotator."""
-        import gradio as gr
-
         verdict_values = values[: len(self.names)]
         best, true_answer, reason, annotator = values[len(self.names):]
         if not state or not state.query_id:
@@ -136,8 +130,6 @@ class CompareView:
 
     # ---------------------------------------------------------------- layout
     def build(self, annotator: Any) -> None:
-        import gradio as gr
-
         examples = input_panel.load_examples()
         infos = [b.describe() for b in self.runtime.backends]
         state = gr.State(QueryState())

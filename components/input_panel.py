@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import gradio as gr
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,6 @@ def pick_random(examples: list[Example], rng: random.Random | None = None) -> tu
 
 
 def build(examples: list[Example], *, prefix: str = "") -> InputHandles:
-    import gradio as gr
-
     image = gr.Image(
         type="pil", label="Image", sources=["upload", "clipboard", "webcam"], height=320,
         elem_id=f"{prefix}image",

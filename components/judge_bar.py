@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gradio as gr
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -18,8 +20,6 @@ class JudgeHandles:
 
 
 def build(backend_names: Sequence[str], *, prefix: str = "", submit_label: str = "Save judgment") -> JudgeHandles:
-    import gradio as gr
-
     with gr.Group():
         best = gr.Radio(
             [(name, name) for name in backend_names] + BEST_EXTRA, label="Best answer", elem_id=f"{prefix}best",

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
+
 from components.runtime import Runtime
 from data.ratings import bradley_terry_with_ci
 
@@ -127,8 +129,6 @@ class LeaderboardView:
         ]
 
     def _version_choices(self):
-        import gradio as gr
-
         versions = [v["version"] for v in self.runtime.router.versions()]
         return gr.update(choices=versions, value=None)
 
@@ -158,8 +158,6 @@ class LeaderboardView:
         return str(export_all(self.runtime.store, fmt, folder))
 
     def build(self) -> Any:
-        import gradio as gr
-
         with gr.Row():
             counts = gr.Markdown("", elem_id="lb-counts")
             refresh = gr.Button("↻ Refresh", size="sm", elem_id="lb-refresh")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+import gradio as gr
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -83,8 +85,6 @@ def render_chart(decision: dict[str, Any] | None, kinds: dict[str, str]):
 
 
 def build(default_lambda: float = 0.0, *, prefix: str = "") -> RouterCardHandles:
-    import gradio as gr
-
     card = gr.HTML(render_card(None, {}), elem_id=f"{prefix}router-card-box")
     chart = gr.Plot(render_chart(None, {}), show_label=False, elem_id=f"{prefix}router-chart")
     lambda_cost = gr.Slider(

@@ -38,13 +38,10 @@ class InputError(ValueError):
 
 
 def default_data_dir() -> Path:
-    """``ROUTELENS_DATA_DIR``; on a Hugging Face Space with persistent storage, ``/data``; else ``./var``."""
-    configured = os.environ.get("ROUTELENS_DATA_DIR")
-    if configured:
-        return Path(configured)
-    if os.environ.get("SPACE_ID") and os.access("/data", os.W_OK):
-        return Path("/data/routelens")
-    return Path("var")
+    """The folder of the default database (see :func:`data.store.default_db_path`)."""
+    from data.store import default_db_path
+
+    return default_db_path().parent
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,9 @@ class AppConfig:
 
     @property
     def resolved_db_path(self) -> Path:
-        return self.db_path or default_data_dir() / "routelens.sqlite"
+        from data.store import default_db_path
+
+        return self.db_path or default_db_path()
 
 
 @dataclass

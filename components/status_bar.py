@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+import gradio as gr
+
 from components.runtime import Runtime
 
 
@@ -22,8 +24,6 @@ def _bold(text: str) -> str:
 
 
 def build(runtime: Runtime) -> Any:
-    import gradio as gr
-
     with gr.Accordion("Models and status", open=True, elem_id="rl-status"):
         box = gr.HTML(render(runtime))
     return box
@@ -31,8 +31,6 @@ def build(runtime: Runtime) -> Any:
 
 def wire(demo: Any, box: Any, runtime: Runtime) -> None:
     """Refresh the status every 2 s while anything is loading, then stop polling."""
-    import gradio as gr
-
     timer = gr.Timer(2.0, active=True)
 
     def tick() -> list[Any]:

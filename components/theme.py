@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import gradio as gr
+
 CSS = """
 .gradio-container {max-width: 1400px !important; margin: auto;}
 #rl-header {display:flex; align-items:baseline; gap:14px; padding:6px 2px 0 2px;}
@@ -35,8 +37,9 @@ CSS = """
   border-radius: 50%; animation: rl-spin 0.8s linear infinite;}
 @keyframes rl-spin {to {transform: rotate(360deg);}}
 .rl-bar {height: 7px; border-radius: 4px; background: var(--color-accent); opacity: 0.75;}
-.rl-scores {width: 100%; font-size: 0.85rem; border-collapse: collapse;}
-.rl-scores td {padding: 2px 4px; vertical-align: middle;}
+.rl-scores {width: 100%; font-size: 0.85rem; border-collapse: collapse; border: none !important; margin: 4px 0;}
+.rl-scores tr, .rl-scores td {border: none !important; background: transparent !important;}
+.rl-scores td {padding: 2px 4px !important; vertical-align: middle;}
 .rl-scores td.s {width: 44%;}
 .rl-scores td.v {text-align: right; width: 3.5em; color: var(--body-text-color-subdued);}
 .rl-notice {font-size: 0.85rem; color: #8a5a00;}
@@ -86,9 +89,10 @@ SHORTCUTS_JS = """
 
 
 def theme() -> Any:
-    import gradio as gr
-
-    return gr.themes.Soft(primary_hue="indigo", neutral_hue="slate", font=["Inter", "ui-sans-serif", "system-ui", "sans-serif"])
+    # System fonts only: a GoogleFont would be fetched from the internet on every page load.
+    fonts = [gr.themes.Font(name) for name in ("ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif")]
+    mono = [gr.themes.Font(name) for name in ("ui-monospace", "SFMono-Regular", "Menlo", "monospace")]
+    return gr.themes.Soft(primary_hue="indigo", neutral_hue="slate", font=fonts, font_mono=mono)
 
 
 def launch_kwargs() -> dict[str, Any]:

@@ -92,12 +92,15 @@ class ImportReport:
 
 
 def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``$ROUTELENS_DB``, else ``$ROUTELENS_DATA_DIR/routelens.sqlite``, else ``var/routelens.sqlite``."""
+    """``$ROUTELENS_DB``, else ``$ROUTELENS_DATA_DIR/routelens.sqlite``, else on a Hugging Face Space with
+    persistent storage ``/data/routelens/routelens.sqlite``, else ``var/routelens.sqlite``."""
     env = os.environ if environ is None else environ
     if env.get(DB_ENV):
         return Path(env[DB_ENV])
     if env.get(DATA_DIR_ENV):
         return Path(env[DATA_DIR_ENV]) / DB_FILENAME
+    if env.get("SPACE_ID") and os.access("/data", os.W_OK):
+        return Path("/data/routelens") / DB_FILENAME
     return Path("var") / DB_FILENAME
 
 
