@@ -38,7 +38,7 @@ gpu-check: $(STAMP)
 # Debian's chromium for the browser tests (playwright drives it; never `playwright install`).
 .PHONY: chromium
 chromium:
-	@command -v chromium >/dev/null || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium unavailable: browser tests will be skipped"; }
+	@command -v chromium >/dev/null || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null) || echo "chromium unavailable: browser tests will be skipped"; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

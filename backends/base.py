@@ -82,6 +82,10 @@ class BackendInfo:
         return None if self.memory_bytes is None else self.memory_bytes / 2**20
 
 
+#: Serialises local model loads in this process (see ``Backend.serialize_load``). A lock, not data.
+_PROCESS_LOAD_LOCK = threading.Lock()
+
+
 class BackendError(RuntimeError):
     """A failure with a message fit to show a person (no stack trace needed)."""
 
@@ -110,6 +114,10 @@ class Backend(ABC):
     #: Seconds after which a failed load is tried again (None: never). A remote server that was down
     #: at start-up may come back; a local model whose weights are missing will not.
     retry_failed_load_after_s: float | None = None
+    #: Local models load one at a time per process: transformers' lazy imports are not thread-safe
+    #: (two threads importing it at once fail with "cannot import name ..."), and two loads on the
+    #: same cores are no faster than one after the other. Remote backends only open a connection.
+    serialize_load: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -154,7 +162,11 @@ class Backend(ABC):
             self.info.status = "loading"
             start = time.perf_counter()
             try:
-                self._load()
+                if self.serialize_load:
+                    with _PROCESS_LOAD_LOCK:
+                        self._load()
+                else:
+                    self._load()
             except BaseException as exc:  # noqa: BLE001 - a broken model must not take the app down
                 if isinstance(exc, KeyboardInterrupt):
                     raise

@@ -368,6 +368,8 @@ class RemoteBackend(Backend):
     ``reconnect_after_s``, ``allow_plain_http_key``, ``extra_body`` (merged into every request).
     """
 
+    serialize_load = False  # opening a connection does not import model code
+
     kind: ClassVar[str] = "vlm+llm"
     family: ClassVar[str] = "remote"
 

@@ -149,6 +149,7 @@ class Runtime:
             info = backend.describe()
             log.info("backend %s: %s (%.1f s)", backend.name, info.status, info.load_time_s or 0.0)
         self.router.ensure_loaded()
+        log.info("router: %s", self.router.status())
 
     def wait_until_loaded(self, timeout_s: float | None = None) -> bool:
         thread = self.start_loading()
