@@ -34,9 +34,10 @@ class EchoBackend(Backend):
 class RaisingBackend(Backend):
     family = "test_raise"
 
-    def __init__(self, name: str, *, exc: BaseException | None = None, **kw) -> None:
+    def __init__(self, name: str, *, exc: BaseException | None = None, kind: str = "vlm", **kw) -> None:
         super().__init__(name, **kw)
         self.exc = exc or RuntimeError("boom")
+        self.info.kind = kind
 
     def _load(self) -> None:
         pass
