@@ -65,10 +65,16 @@ def label_weights(similarity: np.ndarray, temperature: float, none_similarity: f
 def offered_none_similarity(
     similarity: np.ndarray, none_similarity: float | None, coverage_similarity: float = DEFAULT_COVERAGE_SIMILARITY
 ) -> float | None:
-    """``none_similarity`` when some label is near at least one class (the classifier covers it), else None."""
+    """``none_similarity`` when every label is near at least one class (the classifier covers them all), else None.
+
+    "None of these" is only a fair outcome when the classifier can see every label: if one label has no
+    close ImageNet class (a colour, a shape), the mass that label should get lands on "none" instead,
+    and a closed-vocabulary question ("what color is the shape?") would always be answered "none of these".
+    """
     if none_similarity is None or similarity.size == 0:
         return None
-    return none_similarity if float(np.max(similarity)) >= coverage_similarity else None
+    covered = np.max(similarity, axis=1) >= coverage_similarity
+    return none_similarity if bool(np.all(covered)) else None
 
 
 def rank_labels(
@@ -84,7 +90,8 @@ def rank_labels(
     ``similarity`` is (labels, all classes). If the user's own labels include "none of these", the
     null mass is added to that label.
     """
-    none_similarity = offered_none_similarity(similarity, none_similarity, coverage_similarity)
+    real = [i for i, label in enumerate(labels) if label.casefold() != NONE_LABEL.casefold()]
+    none_similarity = offered_none_similarity(similarity[real], none_similarity, coverage_similarity)
     weights = label_weights(similarity, temperature, none_similarity)
     scores = weights @ np.asarray(class_probs, dtype=np.float64)
     named = list(labels) + ([NONE_LABEL] if none_similarity is not None else [])

@@ -76,6 +76,7 @@ class UnavailableBackend(Backend):
     def __init__(self, name: str, reason: str, *, kind: str = "vlm", cost: float = 0.0) -> None:
         super().__init__(name, cost=cost)
         self.reason = reason
+        self.kind = kind  # type: ignore[misc] - the kind its preset family declares
         self.info.kind = kind
 
     def _load(self) -> None:

@@ -53,6 +53,22 @@ def expected_calibration_error(
     return float(gap.sum() / p.size)
 
 
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, *, n_bins: int = 10) -> list[dict[str, float]]:
+    """Per equal-width bin: mean predicted P(correct), observed accuracy and count (for a reliability diagram)."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    keep = np.isfinite(p) & np.isfinite(y)
+    p, y = p[keep], y[keep]
+    bins = np.minimum((np.clip(p, 0.0, 1.0) * n_bins).astype(np.int64), n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            out.append({"confidence": round(float(p[sel].mean()), 4), "accuracy": round(float(y[sel].mean()), 4),
+                        "count": int(sel.sum())})
+    return out
+
+
 def log_loss(probabilities: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> float:
     p = np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1 - _EPS)
     y = np.asarray(labels, dtype=np.float64)

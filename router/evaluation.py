@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from router.base import Router, RouterError
-from router.calibration import expected_calibration_error
+from router.calibration import expected_calibration_error, reliability_bins
 from router.categories import classify_question
 
 
@@ -134,6 +134,7 @@ def evaluate(
         "selection_accuracy": _round(float((chosen >= best - 1e-9).mean())),
         "ece": _round(expected_calibration_error(probs, y)),
         "ece_choice": _round(expected_calibration_error(probs[np.arange(n), choice], chosen)),
+        "reliability": reliability_bins(probs, y),
         "mean_cost": _round(float(costs[choice].mean()), 6),
         "best_single_cost": _round(float(costs[int(np.argmax(per_backend))]), 6),
         "per_backend_accuracy": {b: _round(float(a)) for b, a in zip(names, per_backend)},

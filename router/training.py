@@ -998,6 +998,8 @@ class TrainOutcome:
     reason: str
     card: dict[str, Any]
     warnings: list[str]
+    #: The active version's metrics on the same held-out rows (None when there was no active version).
+    active_metrics: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         metrics = self.card.get("metrics", {})
@@ -1060,7 +1062,10 @@ def train_version(
     load_kwargs = {"text_encoder": result.router.extractor.text_encoder, "image_embedder": image_embedder,
                    "llm_loader": llm_loader, "llm_model_dir": llm_model_dir}
     promotion = register_and_promote(registry, result, out_dir, force=force, load_kwargs=load_kwargs)
-    return TrainOutcome(promotion.version, promotion.path, promotion.promoted, promotion.reason, result.card, result.warnings)
+    return TrainOutcome(
+        promotion.version, promotion.path, promotion.promoted, promotion.reason, result.card, result.warnings,
+        promotion.active_metrics,
+    )
 
 
 __all__ = [

@@ -17,6 +17,7 @@ class EchoBackend(Backend):
         super().__init__(name, **kw)
         self.delay_s = delay_s
         self.word = word
+        self.kind = kind
         self.info.kind = kind
         self.calls = 0
 
@@ -37,6 +38,7 @@ class RaisingBackend(Backend):
     def __init__(self, name: str, *, exc: BaseException | None = None, kind: str = "vlm", **kw) -> None:
         super().__init__(name, **kw)
         self.exc = exc or RuntimeError("boom")
+        self.kind = kind
         self.info.kind = kind
 
     def _load(self) -> None:

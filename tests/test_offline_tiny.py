@@ -181,12 +181,15 @@ def test_rank_labels_sends_near_mass_to_labels_and_the_rest_to_none() -> None:
     assert [label for label, _ in without_none] in (["dog", "cat"], ["cat", "dog"])
 
 
-def test_none_is_offered_only_when_some_label_is_covered() -> None:
+def test_none_is_offered_only_when_every_label_is_covered() -> None:
     from backends.offline_vision import offered_none_similarity
 
     shapes = np.array([[0.64, 0.41, 0.30], [0.50, 0.62, 0.35]])  # no class near "circle" or "triangle"
     assert offered_none_similarity(shapes, 0.6, 0.7) is None
-    assert offered_none_similarity(np.vstack([shapes, [0.88, 0.3, 0.3]]), 0.6, 0.7) == 0.6
+    # one covered label among uncovered ones (a colour list with "brown") must not open "none of these"
+    assert offered_none_similarity(np.vstack([shapes, [0.88, 0.3, 0.3]]), 0.6, 0.7) is None
+    animals = np.array([[0.88, 0.3, 0.3], [0.3, 0.91, 0.2]])  # cat, dog: both near an ImageNet class
+    assert offered_none_similarity(animals, 0.6, 0.7) == 0.6
     assert offered_none_similarity(shapes, None, 0.0) is None
     ranked = rank_labels(np.array([0.1, 0.1, 0.8]), shapes, ["circle", "triangle"])
     assert {label for label, _ in ranked} == {"circle", "triangle"}
