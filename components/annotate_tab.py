@@ -213,7 +213,8 @@ class AnnotateView:
             with gr.Row():
                 dataset = gr.Dropdown(choices, value=choices[0][1], label="Dataset", scale=3, elem_id="ann-dataset")
                 start = gr.Button("Start / resume session", variant="primary", scale=1, elem_id="ann-start")
-            message = gr.Markdown("Type your name above, pick a dataset, then start. " + SHORTCUT_HELP, elem_id="ann-message")
+            message = gr.Markdown("Type your name above, pick a dataset, then start.", elem_id="ann-message")
+            gr.HTML(SHORTCUT_HELP)
             progress = gr.HTML(progress_html(0, 0))
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, min_width=260):

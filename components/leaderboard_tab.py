@@ -181,7 +181,7 @@ class LeaderboardView:
         with gr.Row():
             fmt = gr.Radio(["csv", "parquet", "jsonl"], value="csv", label="Format", elem_id="lb-format")
             export = gr.Button("Prepare download", elem_id="lb-export")
-            download = gr.File(label="Download", interactive=False, elem_id="lb-download")
+            download = gr.File(label="Download", interactive=False, height=90, elem_id="lb-download")
 
         outputs = [counts, accuracy, ratings, versions_plot, reliability, version]
         refresh.click(self.refresh, None, outputs)
