@@ -247,12 +247,7 @@ class OfflineLLMBackend(Backend):
         name: str,
         *,
         model_id: str = "",
-        quantize: bool = True,
-        device: str = "auto",
-        cost: float = 1.0,
-        timeout_s: float = 120.0,
         licence: str | None = None,
-        shared: Any | None = None,
         top_tags: int = 5,
         max_new_tokens: int = 12,
         label_batch_size: int = 8,
@@ -260,16 +255,13 @@ class OfflineLLMBackend(Backend):
         cache_dir: str | None = None,
         efficientnet_weights: str | None = None,
         progress: bool = True,
+        **base: Any,
     ) -> None:
         super().__init__(
             name,
             model_id=model_id or DEFAULT_MODEL_ID,
-            quantize=quantize,
-            device=device,
-            cost=cost,
-            timeout_s=timeout_s,
             licence=licence or LICENCE,
-            shared=shared,
+            **base,
         )
         if top_tags < 1 or max_new_tokens < 1 or label_batch_size < 1:
             raise ValueError("top_tags, max_new_tokens and label_batch_size must be at least 1")

@@ -150,27 +150,19 @@ class OfflineVisionBackend(Backend):
         name: str,
         *,
         model_id: str = "",
-        quantize: bool = True,
-        device: str = "auto",
-        cost: float = 0.0,
-        timeout_s: float = 120.0,
         licence: str | None = None,
-        shared: Any | None = None,
         temperature: float = DEFAULT_TEMPERATURE,
         none_similarity: float | None = DEFAULT_NONE_SIMILARITY,
         coverage_similarity: float = DEFAULT_COVERAGE_SIMILARITY,
         top_k: int = DEFAULT_TOP_K,
         weights: str | None = None,
+        **base: Any,
     ) -> None:
         super().__init__(
             name,
             model_id=model_id or "efficientnet-lite0 + all-MiniLM-L6-v2",
-            quantize=quantize,
-            device=device,
-            cost=cost,
-            timeout_s=timeout_s,
             licence=licence or "EfficientNet-Lite0: Apache-2.0; all-MiniLM-L6-v2: Apache-2.0",
-            shared=shared,
+            **base,
         )
         if temperature <= 0:
             raise ValueError("temperature must be positive")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from data.atomic import write_atomic
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -70,22 +70,6 @@ def path_for(root: Path, sha256: str) -> Path:
     return root / sha[:2] / f"{sha}.png"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename (then fsync the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
 def store_png(root: Path, encoded: EncodedImage) -> Path:
     """Put ``encoded`` at its content address under ``root``; idempotent. Returns the path.
 
@@ -99,16 +83,3 @@ def store_png(root: Path, encoded: EncodedImage) -> Path:
         pass
     write_atomic(path, encoded.data)
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

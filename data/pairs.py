@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from data.atomic import atomic_writer
 
 #: The format's fields, in the order they are written.
 FIELDS: tuple[str, ...] = (
@@ -276,27 +277,19 @@ def write_pairs(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str])
     path = Path(path).absolute()
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
     count = 0
     seen: dict[tuple[str, str, str], int] = {}
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as handle:
-            for index, row in enumerate(rows):
-                try:
-                    clean = validate_pair(row)
-                except ValueError as error:
-                    raise ValueError(f"pair {index}: {error}") from None
-                key = pair_key(clean)
-                if key in seen:
-                    raise ValueError(f"pair {index}: duplicate of pair {seen[key]} (same query_id, backend and source)")
-                seen[key] = index
-                handle.write(dump_pair(clean, folder))
-                handle.write("\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_writer(path, "w", newline="\n") as handle:
+        for index, row in enumerate(rows):
+            try:
+                clean = validate_pair(row)
+            except ValueError as error:
+                raise ValueError(f"pair {index}: {error}") from None
+            key = pair_key(clean)
+            if key in seen:
+                raise ValueError(f"pair {index}: duplicate of pair {seen[key]} (same query_id, backend and source)")
+            seen[key] = index
+            handle.write(dump_pair(clean, folder))
+            handle.write("\n")
+            count += 1
     return count

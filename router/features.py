@@ -129,6 +129,27 @@ class HashingTextEncoder:
         return {"name": self.name, "dim": self.dim}
 
 
+def encode_with_cache(
+    texts: Sequence[str], dim: int, cache: LRUCache, encode_uncached: Callable[[list[str]], np.ndarray]
+) -> np.ndarray:
+    """Embed ``texts`` through ``cache``: each distinct uncached text is encoded once, in one batch."""
+    texts = [str(t) for t in texts]
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    missing: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        cached = cache.get(text)
+        if cached is None:
+            missing.setdefault(text, []).append(i)
+        else:
+            out[i] = cached
+    if missing:
+        unique = list(missing)
+        for text, vec in zip(unique, encode_uncached(unique)):
+            cache.put(text, vec)
+            out[missing[text]] = vec
+    return out
+
+
 class MiniLMTextEncoder:
     """all-MiniLM-L6-v2 sentence embeddings (384-d, normalised), from the offline PyPI package.
 
@@ -162,33 +183,18 @@ class MiniLMTextEncoder:
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        texts = [str(t) for t in texts]
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        for i, text in enumerate(texts):
-            cached = self._cache.get(text)
-            if cached is None:
-                missing.setdefault(text, []).append(i)
-            else:
-                out[i] = cached
-        if missing:
-            unique = list(missing)
-            model = self._load()
-            try:
-                vectors = model.encode(
-                    unique,
-                    batch_size=self.batch_size,
-                    convert_to_numpy=True,
-                    normalize_embeddings=True,
-                    show_progress_bar=False,
-                )
-            except TypeError:  # a wrapper such as backends.text_encoder.TextEncoder: encode(texts) only
-                vectors = model.encode(unique)
-            vectors = _l2_normalise(np.asarray(vectors, dtype=np.float32))
-            for text, vec in zip(unique, vectors):
-                self._cache.put(text, vec)
-                out[missing[text]] = vec
-        return out
+        return encode_with_cache(texts, self.dim, self._cache, self._encode_uncached)
+
+    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
+        model = self._load()
+        try:
+            vectors = model.encode(
+                texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        except TypeError:  # a wrapper such as backends.text_encoder.TextEncoder: encode(texts) only
+            vectors = model.encode(texts)
+        return _l2_normalise(np.asarray(vectors, dtype=np.float32))
 
     def clear_cache(self) -> None:
         self._cache.clear()

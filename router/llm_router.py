@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from router.embedding_router import EmbeddingRouter
-from router.features import LRUCache
+from router.features import LRUCache, encode_with_cache
 
 LMLoader = Callable[[], tuple[Any, Any]]
 DEFAULT_TEMPLATE = "Question about an image: {question}"
@@ -266,22 +266,7 @@ class LLMTextEncoder:
         return out
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        texts = [str(t) for t in texts]
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        for i, text in enumerate(texts):
-            cached = self._cache.get(text)
-            if cached is None:
-                missing.setdefault(text, []).append(i)
-            else:
-                out[i] = cached
-        if missing:
-            unique = list(missing)
-            vectors = self._encode_uncached(unique)
-            for text, vec in zip(unique, vectors):
-                self._cache.put(text, vec)
-                out[missing[text]] = vec
-        return out
+        return encode_with_cache(texts, self.dim, self._cache, self._encode_uncached)
 
     def config(self) -> dict[str, Any]:
         return {

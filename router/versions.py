@@ -62,17 +62,11 @@ def _json_default(value: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=_json_default, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from data.atomic import atomic_writer
+
+    with atomic_writer(path, "w") as handle:
+        json.dump(data, handle, indent=2, default=_json_default, allow_nan=False)
+        handle.write("\n")
 
 
 def _clean_json(value: Any) -> Any:
