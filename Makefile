@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= auto
+PORT ?= 7860
 PYTEST_ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
@@ -20,7 +21,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) app.py --preset $(PRESET) --host 127.0.0.1 --port 7860
+	$(PY) app.py --preset $(PRESET) --host 127.0.0.1 --port $(PORT)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)

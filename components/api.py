@@ -94,12 +94,16 @@ def build(runtime: Runtime) -> Api:
         verdicts = gr.Textbox(label="verdicts")
         annotator = gr.Textbox(label="annotator")
         result = gr.JSON(label="result")
-        trigger = gr.Button("api")
+        buttons = {name: gr.Button(name) for name in ("route", "compare", "judge", "stats")}
     limit = runtime.config.max_concurrent_compares
-    trigger.click(api.route, [image, question], result, api_name="route", concurrency_id="route", concurrency_limit=4)
-    trigger.click(api.compare, [image, question, labels], result, api_name="compare", concurrency_id="compare", concurrency_limit=limit)
-    trigger.click(api.judge, [query_id, verdicts, annotator], result, api_name="judge", concurrency_id="judge", concurrency_limit=8)
-    trigger.click(api.stats, None, result, api_name="stats", concurrency_id="stats", concurrency_limit=4)
+    endpoints = {
+        "route": (api.route, [image, question], 4),
+        "compare": (api.compare, [image, question, labels], limit),
+        "judge": (api.judge, [query_id, verdicts, annotator], 8),
+        "stats": (api.stats, None, 4),
+    }
+    for name, (fn, inputs, concurrency) in endpoints.items():
+        buttons[name].click(fn, inputs, result, api_name=name, concurrency_id=name, concurrency_limit=concurrency)
     return api
 
 

@@ -200,8 +200,8 @@ class Runtime:
         return picture, clean, resolve_labels(clean, labels_text)
 
     def route(self, image: Image.Image, question: str, lambda_cost: float | None = None) -> dict[str, Any]:
-        decision = self.router.decide(image, question, lambda_cost=lambda_cost)
-        return decision
+        """The active router's decision (JSON) for a prepared image and question."""
+        return self.router.decide(image, question, lambda_cost=lambda_cost)
 
     def compare(
         self,
