@@ -19,6 +19,37 @@ log = logging.getLogger("routelens")
 MAX_VERDICTS_JSON = 20_000
 
 
+def image_error_message(exc: BaseException) -> str:
+    """What Pillow raised while gradio opened an upload, as a sentence for the person."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return "the image is too large to decode safely (decompression bomb); please send a smaller image"
+    if isinstance(exc, UnidentifiedImageError):
+        return "this file is not an image we can read (PNG, JPEG, GIF, WebP, BMP, TIFF)"
+    return f"the image is damaged or truncated ({str(exc)[:200]})"
+
+
+class CheckedImage(gr.Image):
+    """``gr.Image`` whose decoding failures reach the person as a clear ``gr.Error``.
+
+    Gradio opens every upload with Pillow before the handler runs; a text file named .png, a
+    truncated JPEG or a decompression bomb then fails inside gradio and, with ``show_error=False``,
+    the person only sees "Error". Use ``image_mode=None`` so gradio passes the file on unconverted
+    and ``backends.images.load_image`` does the (pixel-capped, 16-bit-aware) conversion.
+    """
+
+    is_template = True  # the page uses gradio's ordinary Image component
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for bad files
+            raise gr.Error(image_error_message(exc)) from exc
+
+
 def parse_verdicts(text: str | dict[str, Any]) -> dict[str, Any]:
     """``{"backend": 1|0|true|false|null, ...}`` or ``{"verdicts": {...}, "best": ..., "true_answer": ...,
     "reason": ..., "client_key": ...}``; raises ValueError with a clear message."""
@@ -62,14 +93,17 @@ class Api:
         except InputError as exc:
             raise gr.Error(str(exc)) from exc
 
-    def judge(self, query_id: str, verdicts: str, annotator: str) -> dict[str, Any]:
-        """Store one judgment; {saved: n} (0 when the same client_key was stored before)."""
+    def judge(self, query_id: str, verdicts: str, annotator: str, request: gr.Request | None = None) -> dict[str, Any]:
+        """Store one judgment; {saved: n} (0 when the same client_key was stored before).
+
+        Behind ``--auth`` the annotator is the logged-in user, whatever the caller sends."""
+        user = getattr(request, "username", None) if request is not None else None
         try:
             parsed = parse_verdicts(verdicts)
             saved = self.runtime.judge(
                 (query_id or "").strip(), parsed["verdicts"], best=parsed.get("best"),
                 true_answer=parsed.get("true_answer"), reason=parsed.get("reason"),
-                annotator=annotator or "api", client_key=parsed.get("client_key"),
+                annotator=user or annotator or "api", client_key=parsed.get("client_key"),
             )
         except ValueError as exc:
             raise gr.Error(f"not saved: {exc}") from exc
@@ -87,7 +121,7 @@ def build(runtime: Runtime) -> Api:
     """Hidden components wired to the named endpoints (shown under "Use via API")."""
     api = Api(runtime)
     with gr.Column(visible=False):
-        image = gr.Image(type="filepath", label="image")
+        image = CheckedImage(type="filepath", image_mode=None, label="image")
         question = gr.Textbox(label="question")
         labels = gr.Textbox(label="labels")
         query_id = gr.Textbox(label="query_id")

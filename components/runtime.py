@@ -86,10 +86,21 @@ def _answer_public(answer: Answer) -> dict[str, Any]:
     return data
 
 
+#: Format characters kept: zero-width (non-)joiners hold emoji sequences (👩‍🚀) and Persian/Indic words together.
+_KEEP = frozenset("\n\t\u200c\u200d")
+
+
+def strip_control(text: str | None) -> str:
+    """Drop control and format characters (NUL, ESC, bidi overrides such as U+202E); keep newlines, tabs,
+    zero-width joiners and the tag characters of flag emoji."""
+    return "".join(
+        ch for ch in (text or "") if ch.isprintable() or ch in _KEEP or "\U000e0020" <= ch <= "\U000e007f"
+    )
+
+
 def clean_question(question: str | None) -> str:
     """Strip control characters, refuse empty or huge questions with a clear message."""
-    text = "".join(ch for ch in (question or "") if ch.isprintable() or ch in "\n\t")
-    text = " ".join(text.split())
+    text = " ".join(strip_control(question).split())
     if not text:
         raise InputError("Please type a question about the image.")
     if len(text) > MAX_QUESTION_INPUT_CHARS:
@@ -102,9 +113,9 @@ def clean_question(question: str | None) -> str:
 def resolve_labels(question: str, labels_text: str | Sequence[str] | None) -> list[str]:
     """Labels a person typed, else the options the question lists, else none."""
     if isinstance(labels_text, (list, tuple)):
-        labels = split_label_list(",".join(str(x) for x in labels_text))
+        labels = split_label_list(strip_control(",".join(str(x) for x in labels_text)))
     else:
-        labels = split_label_list(labels_text)
+        labels = split_label_list(strip_control(labels_text))
     return labels or labels_from_question(question)
 
 
@@ -221,7 +232,7 @@ class Runtime:
         """
         picture, clean, labels = self.prepare(image, question, labels_text)
         result = CompareResult(query_id=None, decision=None, labels=labels)
-        if len(clean) < len(" ".join((question or "").split())):
+        if len(clean) < len(" ".join(strip_control(question).split())):
             result.notices.append(f"The question was shortened to {MAX_QUESTION_CHARS} characters.")
         with self._compare_slots:
             result.query_id = self._record(
