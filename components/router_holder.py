@@ -38,6 +38,7 @@ class RouterHolder:
         self._fallback = self._category_rule()
         self._router: Router | None = None
         self.notice: str | None = "the learned router is loading; the category rule decides meanwhile"
+        self._warning: str | None = self.notice
         self._loaded = threading.Event()
 
     # ---------------------------------------------------------------- building blocks
@@ -111,6 +112,8 @@ class RouterHolder:
         with self._lock:
             self._router = router
             self.notice = notice
+            # Shown on every decision only when routing is degraded (not for "built the first router").
+            self._warning = notice if (router is None or router.kind == "category_rule" or "could not" in (notice or "")) else None
 
     @property
     def ready(self) -> bool:
@@ -128,8 +131,8 @@ class RouterHolder:
         lam = self.runtime.config.default_lambda if lambda_cost is None else lambda_cost
         decision = router.decide(image, question, lambda_cost=lam).to_json()
         decision = self._avoid_failed(decision)
-        if self.notice and not decision.get("fallback"):
-            decision["fallback"] = self.notice
+        if self._warning and not decision.get("fallback"):
+            decision["fallback"] = self._warning
         return decision
 
     def _avoid_failed(self, decision: dict[str, Any]) -> dict[str, Any]:
