@@ -94,6 +94,12 @@ def rank_labels(
     none_similarity = offered_none_similarity(similarity[real], none_similarity, coverage_similarity)
     weights = label_weights(similarity, temperature, none_similarity)
     scores = weights @ np.asarray(class_probs, dtype=np.float64)
+    # Label-prior correction: a label that many of the 1000 classes resemble ("black", "dog") would win
+    # on any image. Dividing by each label's share under a uniform class distribution keeps only the
+    # evidence this image brings (Bayes with a flat prior over the labels).
+    prior = weights.mean(axis=1)
+    scores = scores / np.maximum(prior, 1e-12)
+    scores = scores / scores.sum()
     named = list(labels) + ([NONE_LABEL] if none_similarity is not None else [])
     merged: dict[str, tuple[str, float]] = {}
     for label, score in zip(named, scores):

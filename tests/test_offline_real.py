@@ -65,7 +65,7 @@ def test_none_of_these_fires_for_the_astronaut(vision) -> None:
 
     answer = vision.answer(_skimage("astronaut"), "What is in the photo?", ["cat", "dog"])
     assert answer.ok and answer.text == NONE_LABEL
-    assert dict(answer.label_scores)[NONE_LABEL] > 0.8
+    assert dict(answer.label_scores)[NONE_LABEL] > 0.5
 
 
 def test_vlm_labels_parsed_from_the_question(vision) -> None:

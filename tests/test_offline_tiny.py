@@ -429,3 +429,14 @@ def test_offline_family_on_cuda(tiny_gemma_dir: str, effnet_weights: str) -> Non
     ranked = backend.answer(photo, "What animal?", ["cat", "dog", "hot air balloon"])
     assert free.ok and ranked.ok, (free.error, ranked.error)
     assert sum(score for _, score in ranked.label_scores) == pytest.approx(1.0)
+
+
+def test_label_prior_correction_removes_a_label_favoured_by_many_classes() -> None:
+    # "black" resembles three of four classes, "red" one; the image's classes are spread evenly, so
+    # without the correction "black" would win on prior alone. With it, the scores carry no preference.
+    similarity = np.array([[0.9, 0.9, 0.9, 0.1], [0.1, 0.1, 0.1, 0.9]])
+    ranked = dict(rank_labels(np.full(4, 0.25), similarity, ["black", "red"], none_similarity=None))
+    assert ranked["black"] == pytest.approx(ranked["red"], abs=1e-6)
+    # evidence still moves it: an image of the "red" class gives "red"
+    ranked = rank_labels(np.array([0.05, 0.05, 0.05, 0.85]), similarity, ["black", "red"], none_similarity=None)
+    assert ranked[0][0] == "red"
