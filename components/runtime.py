@@ -316,7 +316,11 @@ class Runtime:
             out["error"] = self.store_notice
             return out
         out.update(self.store.stats())
-        out["router_versions"] = self.store.router_versions()
+        # No server paths in what clients see: they leak the layout, and gradio_client tries to
+        # download any string that looks like a served file.
+        out["router_versions"] = [
+            {k: v for k, v in row.items() if k != "path"} for row in self.store.router_versions()
+        ]
         return out
 
     def close(self) -> None:

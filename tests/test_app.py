@@ -175,3 +175,10 @@ def test_annotation_skip_brings_item_back_later() -> None:
     state = AnnotationState(order=["a", "b", "c"], done={"b"}, current="a")
     assert state.next_item(after="a") == "c"
     assert state.next_item(after="c") == "a"
+
+
+def test_stats_hold_no_server_paths(runtime, tmp_path) -> None:
+    runtime.store.record_router_version("v1", str(tmp_path / "routers" / "v1"), {"metrics": {"routed_accuracy": 0.5}})
+    versions = runtime.stats()["router_versions"]
+    assert versions and all("path" not in row for row in versions)
+    assert str(tmp_path) not in json.dumps(runtime.stats(), default=str)
