@@ -69,14 +69,14 @@ def render_chart(decision: dict[str, Any] | None, kinds: dict[str, str]):
         colours = ["#4f46e5" if n == decision["choice"] else ("#93b4f0" if kinds.get(n) == "vlm" else "#c4b0ef") for n in names]
         figure.add_bar(
             x=values, y=names, orientation="h", marker_color=colours,
-            text=[f"{v:.0f}%" for v in values], textposition="auto",
+            text=[f"{v:.0f}%" for v in values], textposition="outside", cliponaxis=False,
             hovertemplate="%{y}: %{x:.1f}% chance of a correct answer<extra></extra>",
         )
     figure.update_layout(
         height=70 + 38 * max(1, len(decision["probabilities"]) if decision else 2),
         margin=dict(l=10, r=10, t=30, b=10),
         title=dict(text="P(correct answer) per backend", font=dict(size=13)),
-        xaxis=dict(range=[0, 100], ticksuffix="%"),
+        xaxis=dict(range=[0, 112], ticksuffix="%", tickvals=[0, 25, 50, 75, 100]),
         yaxis=dict(autorange="reversed"),
         plot_bgcolor="rgba(0,0,0,0)",
         paper_bgcolor="rgba(0,0,0,0)",
