@@ -88,6 +88,7 @@ def build_app(runtime: Runtime) -> Any:
         api.build(runtime)
 
         demo.load(api.whoami, None, [annotator], queue=False)
+        demo.load(compare.idle_panels, None, compare.bodies, queue=False)
         status_bar.wire(demo, status, runtime)
     return demo
 

@@ -22,13 +22,16 @@ class BackendRunner:
 
     def __init__(self, backends: Sequence[Backend], *, workers_per_backend: int = 2) -> None:
         self.backends = list(backends)
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, len(self.backends) * workers_per_backend), thread_name_prefix="backend"
-        )
+        # One pool per backend: calls stuck in a hung backend can only use up that backend's workers,
+        # never the others' (a shared pool filled with stuck calls made every backend wait).
+        self._pools = {
+            id(backend): ThreadPoolExecutor(max_workers=max(1, workers_per_backend), thread_name_prefix=f"backend-{backend.name}")
+            for backend in self.backends
+        }
 
     def load_all(self) -> Iterator[Backend]:
         """Load every backend concurrently, yielding each as it finishes (ready or failed)."""
-        futures = {self._pool.submit(backend.load): backend for backend in self.backends}
+        futures = {self._pools[id(backend)].submit(backend.load): backend for backend in self.backends}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -47,7 +50,7 @@ class BackendRunner:
         chosen = [b for b in self.backends if only is None or b.name in only]
         start = time.perf_counter()
         futures: dict[Future[Answer], Backend] = {
-            self._pool.submit(backend.answer, image, question, labels): backend for backend in chosen
+            self._pools[id(backend)].submit(backend.answer, image, question, labels): backend for backend in chosen
         }
         pending = set(futures)
         while pending:
@@ -59,6 +62,7 @@ class BackendRunner:
             elapsed = time.perf_counter() - start
             for future in [f for f in pending if elapsed >= futures[f].timeout_s]:
                 pending.discard(future)
+                future.cancel()  # still queued behind earlier stuck calls: never run it
                 backend = futures[future]
                 yield Answer(
                     backend=backend.name,
@@ -72,7 +76,8 @@ class BackendRunner:
         return {b.name: got[b.name] for b in self.backends if b.name in got}
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_all(

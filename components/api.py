@@ -12,42 +12,12 @@ from typing import Any
 
 import gradio as gr
 
+from components.image_input import checked_image
 from components.runtime import InputError, Runtime
 
 log = logging.getLogger("routelens")
 
 MAX_VERDICTS_JSON = 20_000
-
-
-def image_error_message(exc: BaseException) -> str:
-    """What Pillow raised while gradio opened an upload, as a sentence for the person."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return "the image is too large to decode safely (decompression bomb); please send a smaller image"
-    if isinstance(exc, UnidentifiedImageError):
-        return "this file is not an image we can read (PNG, JPEG, GIF, WebP, BMP, TIFF)"
-    return f"the image is damaged or truncated ({str(exc)[:200]})"
-
-
-class CheckedImage(gr.Image):
-    """``gr.Image`` whose decoding failures reach the person as a clear ``gr.Error``.
-
-    Gradio opens every upload with Pillow before the handler runs; a text file named .png, a
-    truncated JPEG or a decompression bomb then fails inside gradio and, with ``show_error=False``,
-    the person only sees "Error". Use ``image_mode=None`` so gradio passes the file on unconverted
-    and ``backends.images.load_image`` does the (pixel-capped, 16-bit-aware) conversion.
-    """
-
-    is_template = True  # the page uses gradio's ordinary Image component
-
-    def preprocess(self, payload: Any) -> Any:
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for bad files
-            raise gr.Error(image_error_message(exc)) from exc
 
 
 def parse_verdicts(text: str | dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +91,7 @@ def build(runtime: Runtime) -> Api:
     """Hidden components wired to the named endpoints (shown under "Use via API")."""
     api = Api(runtime)
     with gr.Column(visible=False):
-        image = CheckedImage(type="filepath", image_mode=None, label="image")
+        image = checked_image(type="filepath", image_mode=None, label="image")
         question = gr.Textbox(label="question")
         labels = gr.Textbox(label="labels")
         query_id = gr.Textbox(label="query_id")

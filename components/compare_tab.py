@@ -128,6 +128,10 @@ class CompareView:
             return ["✓ Already saved (this exact judgment was stored before).", gr.update(interactive=True)]
         return [f"✓ Saved {len(verdicts)} verdict(s) for query `{state.query_id[:8]}`.", gr.update(interactive=True)]
 
+    def idle_panels(self) -> list[str]:
+        """Panels as they stand now (models may have loaded since the page was built)."""
+        return self._panels(QueryState(), running=False)
+
     # ---------------------------------------------------------------- layout
     def build(self, annotator: Any) -> None:
         examples = input_panel.load_examples()
@@ -143,6 +147,7 @@ class CompareView:
         judge = judge_bar.build(self.names, prefix=self.prefix)
 
         bodies = [p.body for p in panels]
+        self.bodies = bodies
         verdicts = [p.verdict for p in panels]
         outputs = [inputs.notice, inputs.labels, card.card, card.chart, *bodies, judge.submit, state]
         reset = [*verdicts, judge.best, judge.true_answer, judge.reason, judge.status]

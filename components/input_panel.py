@@ -6,6 +6,8 @@ import json
 import random
 import gradio as gr
 
+from components.image_input import checked_image
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +52,8 @@ def pick_random(examples: list[Example], rng: random.Random | None = None) -> tu
 
 
 def build(examples: list[Example], *, prefix: str = "") -> InputHandles:
-    image = gr.Image(
-        type="pil", label="Image", sources=["upload", "clipboard", "webcam"], height=320,
+    image = checked_image(
+        type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard", "webcam"], height=320,
         elem_id=f"{prefix}image",
     )
     question = gr.Textbox(
