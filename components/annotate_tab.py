@@ -233,8 +233,9 @@ class AnnotateView:
         def clear() -> list[Any]:
             return [None, "", ""]
 
-        def do_start(name: str, spec: str, current: AnnotationState, progress_bar=gr.Progress()):
-            return self.start(name, spec, current, progress_bar)
+        def do_start(request: gr.Request, name: str, spec: str, current: AnnotationState, progress_bar=gr.Progress()):
+            # Behind --auth the session belongs to the logged-in user, whatever the name box holds.
+            return self.start(getattr(request, "username", None) or name, spec, current, progress_bar)
 
         start.click(do_start, [annotator, dataset, state], [message, progress, state]).then(
             self.show, [state], show_outputs, concurrency_id="compare", concurrency_limit=self.runtime.config.max_concurrent_compares,

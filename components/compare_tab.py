@@ -162,8 +162,13 @@ class CompareView:
                 show_progress="hidden",
             )
         card.lambda_cost.release(self.rerank, [card.lambda_cost, state], [card.card, card.chart, *bodies, state], queue=False)
+        def save_as_user(request: gr.Request, current: QueryState, *values: Any) -> list[Any]:
+            # Behind --auth the judgment is the logged-in user's, whatever the name box holds.
+            user = getattr(request, "username", None)
+            return self.save(current, *values[:-1], user or values[-1])
+
         judge.submit.click(
-            self.save, [state, *verdicts, judge.best, judge.true_answer, judge.reason, annotator], [judge.status, judge.submit],
+            save_as_user, [state, *verdicts, judge.best, judge.true_answer, judge.reason, annotator], [judge.status, judge.submit],
         )
 
         def use_example(evt: gr.SelectData):
