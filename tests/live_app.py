@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,24 @@ from pathlib import Path
 from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: Debian's chromium, driven by playwright (never `playwright install`: it downloads a browser).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]
+
+#: A preset with one light real backend, for launched-app tests that need no LLM.
+VISION_ONLY_PRESET = """
+name = "vision-only"
+description = "EfficientNet-Lite0 only: a light real backend for launched-app tests"
+[[backends]]
+name = "efficientnet-lite0"
+family = "offline_vision"
+cost = 0.05
+timeout_s = 60
+"""
 
 
 def free_port() -> int:

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.live_app import ROOT, launched_app
+from tests.live_app import ROOT, launched_app, CHROMIUM, CHROMIUM_ARGS
 
 CAT = ROOT / "data" / "examples" / "chelsea.jpg"
 SCREENSHOTS = ROOT / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]
 
 pytestmark = pytest.mark.slow
 

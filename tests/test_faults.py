@@ -280,15 +280,6 @@ def test_corrupt_router_file_falls_back_to_the_category_rule_with_a_notice(tmp_p
 
 
 # ------------------------------------------------------------------------------------------ killed app (slow)
-VISION_ONLY_PRESET = """
-name = "vision-only"
-description = "EfficientNet-Lite0 only: a light real backend for launched-app tests"
-[[backends]]
-name = "efficientnet-lite0"
-family = "offline_vision"
-cost = 0.05
-timeout_s = 60
-"""
 
 
 def _app_process(db_path: Path):
@@ -309,7 +300,7 @@ def test_app_killed_during_judgments_loses_nothing_acknowledged(tmp_path) -> Non
     acknowledged is in the database, each once, whole (all its verdicts), and the file is intact."""
     from gradio_client import Client, handle_file
 
-    from tests.live_app import launched_app
+    from tests.live_app import launched_app, VISION_ONLY_PRESET
 
     preset = tmp_path / "vision-only.toml"
     preset.write_text(VISION_ONLY_PRESET)

@@ -517,15 +517,6 @@ def test_property_resolve_labels_never_fails_and_drops_control_characters(questi
 
 
 # ------------------------------------------------------------------------------------------ through gradio_client
-VISION_ONLY_PRESET = """
-name = "vision-only"
-description = "EfficientNet-Lite0 only: a light real backend for launched-app tests"
-[[backends]]
-name = "efficientnet-lite0"
-family = "offline_vision"
-cost = 0.05
-timeout_s = 60
-"""
 
 
 @pytest.mark.slow
@@ -533,7 +524,7 @@ def test_hard_inputs_through_gradio_client_against_the_launched_app(tmp_path, fi
     """The worst files and strings over HTTP: each gets its message, the server answers the next one."""
     from gradio_client import Client, handle_file
 
-    from tests.live_app import launched_app
+    from tests.live_app import launched_app, VISION_ONLY_PRESET
 
     preset = tmp_path / "vision-only.toml"
     preset.write_text(VISION_ONLY_PRESET)

@@ -9,7 +9,6 @@ refused; no file outside what the app itself created is served; the passwords ne
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import urllib.parse
 from contextlib import contextmanager
@@ -18,29 +17,15 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.live_app import ROOT, launched_app
+from tests.live_app import ROOT, launched_app, VISION_ONLY_PRESET, CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 
 CAT = ROOT / "data" / "examples" / "chelsea.jpg"
 ROCKET = ROOT / "data" / "examples" / "rocket.jpg"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]
 ALICE = ("alice", "Al1ce-s3cret-pw")
 BOB = ("bob", "b0b-0ther-pw!")
 PASSWORDS = [ALICE[1], BOB[1]]
-VISION_ONLY_PRESET = """
-name = "vision-only"
-description = "EfficientNet-Lite0 only: a light real backend for launched-app tests"
-[[backends]]
-name = "efficientnet-lite0"
-family = "offline_vision"
-cost = 0.05
-timeout_s = 60
-"""
 
 
 @pytest.fixture(scope="module")
