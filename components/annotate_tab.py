@@ -134,11 +134,11 @@ class AnnotateView:
         """Load the current item and stream every backend's answer into the panels."""
         blank_verdicts = [None] * len(self.names)
         if not state or not state.session_id:
-            yield [None, "", "", *self.compare._panels(QueryState(), running=False), *blank_verdicts, gr.update(interactive=False), state]
+            yield [None, "", "", *self.compare.render_panels(QueryState(), running=False), *blank_verdicts, gr.update(interactive=False), state]
             return
         if state.current is None:
             done_msg = "### 🎉 Session complete — every item is judged. Thank you!"
-            yield [None, done_msg, "", *self.compare._panels(QueryState(), running=False), *blank_verdicts, gr.update(interactive=False), state]
+            yield [None, done_msg, "", *self.compare.render_panels(QueryState(), running=False), *blank_verdicts, gr.update(interactive=False), state]
             return
         item = self.items(state.dataset)[state.current]
         prompt = f"**Q:** {html.escape(item.question)}"
@@ -151,10 +151,10 @@ class AnnotateView:
             )
             _, result = next(events)
         except InputError as exc:
-            yield [None, prompt, f"⚠️ {exc}", *self.compare._panels(state.query, running=False), *blank_verdicts, gr.update(interactive=False), state]
+            yield [None, prompt, f"⚠️ {exc}", *self.compare.render_panels(state.query, running=False), *blank_verdicts, gr.update(interactive=False), state]
             return
         state.query.query_id = result.query_id
-        yield [item.image, prompt, reference, *self.compare._panels(state.query, running=True), *blank_verdicts, gr.update(interactive=False), state]
+        yield [item.image, prompt, reference, *self.compare.render_panels(state.query, running=True), *blank_verdicts, gr.update(interactive=False), state]
         for event, payload in events:
             if event == "decision":
                 state.query.decision = payload
@@ -162,10 +162,10 @@ class AnnotateView:
                 state.query.answers[payload.backend] = payload
             elif event == "done":
                 break
-            yield [gr.skip(), gr.skip(), gr.skip(), *self.compare._panels(state.query, running=True), *[gr.skip()] * len(self.names), gr.skip(), state]
+            yield [gr.skip(), gr.skip(), gr.skip(), *self.compare.render_panels(state.query, running=True), *[gr.skip()] * len(self.names), gr.skip(), state]
         suggested = self.suggest_verdicts(item, state.query)
         hint = reference + " · verdicts pre-filled from it: check them"
-        yield [gr.skip(), gr.skip(), hint, *self.compare._panels(state.query, running=False), *suggested, gr.update(interactive=True), state]
+        yield [gr.skip(), gr.skip(), hint, *self.compare.render_panels(state.query, running=False), *suggested, gr.update(interactive=True), state]
 
     def suggest_verdicts(self, item: EvalItem, query: QueryState) -> list[str | None]:
         """Pre-fill each verdict from the reference answer; the annotator confirms or flips it."""

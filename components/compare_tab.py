@@ -46,7 +46,7 @@ class CompareView:
     def _kinds(self) -> dict[str, str]:
         return {b.name: b.describe().kind for b in self.runtime.backends}
 
-    def _panels(self, state: QueryState, *, running: bool) -> list[str]:
+    def render_panels(self, state: QueryState, *, running: bool) -> list[str]:
         choice = state.decision["choice"] if state.decision else None
         return [
             answer_grid.render_panel(
@@ -63,7 +63,7 @@ class CompareView:
             labels,
             router_card.render_card(state.decision, kinds, waiting=waiting),
             router_card.render_chart(state.decision, kinds),
-            *self._panels(state, running=running),
+            *self.render_panels(state, running=running),
             gr.update(interactive=bool(state.query_id) and not running),
             state,
         ]
@@ -100,7 +100,7 @@ class CompareView:
         return [
             router_card.render_card(state.decision, kinds),
             router_card.render_chart(state.decision, kinds),
-            *self._panels(state, running=False),
+            *self.render_panels(state, running=False),
             state,
         ]
 
@@ -130,7 +130,7 @@ class CompareView:
 
     def idle_panels(self) -> list[str]:
         """Panels as they stand now (models may have loaded since the page was built)."""
-        return self._panels(QueryState(), running=False)
+        return self.render_panels(QueryState(), running=False)
 
     # ---------------------------------------------------------------- layout
     def build(self, annotator: Any) -> None:
