@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Sequence
 
 from PIL import Image
 
-BackendKind = Literal["vlm", "vlm+llm"]
 KINDS: tuple[str, ...] = ("vlm", "vlm+llm")
 
 #: Longest question any backend is given; longer ones are cut (and the UI says so).
@@ -173,7 +172,7 @@ class Backend(ABC):
                 self.info.status = "failed"
                 self.info.error = f"could not load: {describe_exception(exc)}"
                 self._failed_at = time.monotonic()
-                self._debug_trace = traceback.format_exc()
+                logging.getLogger("routelens").warning("backend %s failed to load", self.name, exc_info=True)
             else:
                 self.info.status = "ready"
                 self.info.error = None

@@ -22,6 +22,18 @@ FAMILIES: dict[str, str] = {
 }
 
 
+#: The kind each family declares, readable without importing it (a failed import must still draw the
+#: right panel, and the router reads presets without loading models). ``resolve_family`` checks that
+#: every imported class agrees with this table.
+FAMILY_KINDS: dict[str, str] = {
+    "offline_vision": "vlm",
+    "offline_llm": "vlm+llm",
+    "open_clip": "vlm",
+    "hf_vision": "vlm+llm",
+    "remote": "vlm+llm",
+}
+
+
 class RegistryError(ValueError):
     """An unknown family or a family whose module cannot be imported."""
 
@@ -51,8 +63,8 @@ def resolve_family(family: str) -> type[Backend]:
     cls = getattr(module, class_name, None)
     if cls is None or not isinstance(cls, type) or not issubclass(cls, Backend):
         raise RegistryError(f"{FAMILIES[family]} is not a Backend subclass")
-    if cls.kind not in KINDS:
-        raise RegistryError(f"{FAMILIES[family]} has kind {cls.kind!r}; expected one of {KINDS}")
+    if cls.kind not in KINDS or cls.kind != FAMILY_KINDS[family]:
+        raise RegistryError(f"{FAMILIES[family]} has kind {cls.kind!r}; FAMILY_KINDS says {FAMILY_KINDS[family]!r}")
     return cls
 
 
@@ -93,11 +105,7 @@ def build_backends(specs: "Iterable[BackendSpec]", *, shared: Any = None, quanti
         try:
             built.append(build_backend(spec, shared=shared, quantize=quantize))
         except RegistryError as exc:
-            kind = _family_kind(spec.family)
+            kind = FAMILY_KINDS.get(spec.family, "vlm")
             built.append(UnavailableBackend(spec.name, str(exc), kind=kind, cost=spec.cost))
     return built
 
-
-def _family_kind(family: str) -> str:
-    """The kind a family declares, without importing it (for backends that failed to build)."""
-    return "vlm" if family in ("offline_vision", "open_clip") else "vlm+llm"

@@ -94,6 +94,3 @@ def build(default_lambda: float = 0.0, *, prefix: str = "") -> RouterCardHandles
     )
     return RouterCardHandles(card=card, chart=chart, lambda_cost=lambda_cost)
 
-
-def kinds_of(infos: Sequence[Any]) -> dict[str, str]:
-    return {info.name: info.kind for info in infos}

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 CATEGORIES = (
     "object", "scene", "fine_grained", "attribute", "counting", "ocr", "spatial", "knowledge", "reasoning", "open",
@@ -255,6 +255,3 @@ def load_eval_items(spec: str) -> list[EvalItem]:
         return read_eval_jsonl(path)
     raise DatasetError(f"unknown data spec {spec!r}: use FILE.jsonl, a folder, easyvqa:SPLIT[:N] or hf:NAME:SPLIT[:N]")
 
-
-def iter_items(spec: str) -> Iterator[EvalItem]:
-    yield from load_eval_items(spec)

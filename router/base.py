@@ -15,12 +15,12 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 
-BackendKind = Literal["vlm", "vlm+llm"]
-KINDS: tuple[str, ...] = ("vlm", "vlm+llm")
+from backends.base import KINDS
+
 
 #: What ``decide`` accepts as an image: a PIL image, a path to an image file, or nothing.
 ImageInput = Union["PIL.Image.Image", str, Path, None]  # noqa: F821 - PIL is imported lazily
@@ -277,15 +277,6 @@ class Router(ABC):
 
 
 
-# Family -> kind for preset entries, used when a preset is read without importing the families.
-_FAMILY_KINDS: dict[str, str] = {
-    "open_clip": "vlm",
-    "offline_vision": "vlm",
-    "hf_vision": "vlm+llm",
-    "offline_llm": "vlm+llm",
-}
-
-
 def choices_from_backends(backends: Sequence[Any]) -> list[BackendChoice]:
     """BackendChoice for each loaded backend object (anything with ``name``, ``kind``, ``cost``)."""
     out = []
@@ -299,17 +290,14 @@ def choices_from_backends(backends: Sequence[Any]) -> list[BackendChoice]:
 def choices_from_preset(preset: Any) -> list[BackendChoice]:
     """BackendChoice for each ``[[backends]]`` entry of a preset (``backends.presets.Preset``).
 
-    The kind comes from the entry's ``kind`` option, else from its family (imported only when the
-    family is not one of the known ones).
+    The kind comes from the entry's ``kind`` option, else from the registry's family table (no import).
     """
+    from backends.registry import FAMILY_KINDS
+
     out = []
     for spec in preset.backends:
         options = dict(getattr(spec, "options", {}) or {})
-        kind = options.get("kind") or _FAMILY_KINDS.get(spec.family)
-        if kind is None:
-            from backends.registry import resolve_family
-
-            kind = resolve_family(spec.family).kind
+        kind = options.get("kind") or FAMILY_KINDS[spec.family]
         description = str(options.get("description") or options.get("model_id") or options.get("model_name") or "")
         out.append(BackendChoice(spec.name, str(kind), float(options.get("cost", 0.0) or 0.0), description))
     return out

@@ -141,9 +141,6 @@ class EmbeddingRouter(Router):
             cats = [None] * probs.shape[0]
         return probs, cats
 
-    def raw_logits(self, features: np.ndarray) -> np.ndarray:
-        return self.heads.forward(np.atleast_2d(features))[0]
-
     def _score(self, image: ImageInput, question: str, **context: Any) -> Scores:
         text = self.extractor.text_encoder.encode([question])[0]
         image_vec = self.extractor.image_vector(image) if image is not None else None

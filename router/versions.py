@@ -364,9 +364,6 @@ class VersionRegistry:
         if self.store is not None:
             self.store.set_active_router(version)
 
-    def history(self) -> list[dict[str, Any]]:
-        return list(self._read_index().get("history", []))
-
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -85,3 +85,11 @@ def test_unbuildable_backend_becomes_a_failed_panel() -> None:
     assert answer.error and "no_such_option" in answer.error
     with pytest.raises(RegistryError, match="valid families"):
         resolve_family("nonesuch")
+
+
+def test_family_kind_table_matches_every_class() -> None:
+    from backends.registry import FAMILY_KINDS
+
+    assert set(FAMILY_KINDS) == set(FAMILIES)
+    for family, kind in FAMILY_KINDS.items():
+        assert resolve_family(family).kind == kind
