@@ -6,7 +6,7 @@ import html
 import gradio as gr
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

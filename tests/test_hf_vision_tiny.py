@@ -14,6 +14,7 @@ from PIL import Image
 bnb = pytest.importorskip("bitsandbytes")
 pytest.importorskip("transformers")
 
+from tests.checks import check_ranking
 from backends.messages import vqa_prompt  # noqa: E402
 from backends.hf_vision import ARCHITECTURES, HFVisionBackend, softmax_ranking  # noqa: E402
 from tests.tiny_models import (  # noqa: E402
@@ -50,14 +51,6 @@ def image() -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, size=(40, 56, 3), dtype=np.uint8))
 
 
-def _check_ranking(label_scores: list[tuple[str, float]] | None, labels: list[str]) -> None:
-    assert label_scores is not None
-    assert sorted(label for label, _ in label_scores) == sorted(labels)
-    scores = [score for _, score in label_scores]
-    assert scores == sorted(scores, reverse=True)
-    assert sum(scores) == pytest.approx(1.0, abs=1e-6)
-
-
 def test_fp32_card_and_chat_template_prompt(fp32: HFVisionBackend, llava_dir: Path) -> None:
     info = fp32.describe()
     assert info.status == "ready" and info.kind == "vlm+llm" and info.family == "hf_vision"
@@ -83,14 +76,14 @@ def test_free_text_answer_by_greedy_generate(fp32: HFVisionBackend, image: Image
 def test_user_labels_scored(fp32: HFVisionBackend, image: Image.Image) -> None:
     answer = fp32.answer(image, "what is in the picture?", labels=LABELS)
     assert answer.ok, answer.error
-    _check_ranking(answer.label_scores, LABELS)
+    check_ranking(answer.label_scores, LABELS)
     assert answer.text == answer.label_scores[0][0]
 
 
 def test_labels_parsed_from_question(fp32: HFVisionBackend, image: Image.Image) -> None:
     answer = fp32.answer(image, "Is this a cat or a dog?")
     assert answer.ok, answer.error
-    _check_ranking(answer.label_scores, ["cat", "dog"])
+    check_ranking(answer.label_scores, ["cat", "dog"])
 
 
 def test_label_score_is_the_mean_token_log_likelihood(fp32: HFVisionBackend, image: Image.Image) -> None:
@@ -139,7 +132,7 @@ def test_nf4_load_replaces_linears_and_runs(nf4: HFVisionBackend, fp32: HFVision
     assert isinstance(free.text, str) and len(free.text.split()) <= nf4.max_new_tokens
     ranked = nf4.answer(image, "Is this a cat or a dog?")
     assert ranked.ok, ranked.error
-    _check_ranking(ranked.label_scores, ["cat", "dog"])
+    check_ranking(ranked.label_scores, ["cat", "dog"])
 
 
 def test_skip_modules_keep_the_vision_tower_full_precision(llava_dir: Path, image: Image.Image) -> None:
@@ -178,7 +171,7 @@ def test_plain_prompt_without_chat_template(llava_dir: Path, tmp_path: Path, ima
     )
     assert custom.load()
     assert custom.build_prompt("what is it?") == f"<image> {vqa_prompt('what is it?', None).messages[-1].text} answer :"
-    _check_ranking(custom.answer(image, "what is it?", labels=["cat", "dog"]).label_scores, ["cat", "dog"])
+    check_ranking(custom.answer(image, "what is it?", labels=["cat", "dog"]).label_scores, ["cat", "dog"])
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path, image: Image.Image) -> None:
@@ -205,7 +198,7 @@ def test_nf4_on_cuda_computes_in_bf16(llava_dir: Path, image: Image.Image) -> No
     assert info.device == "cuda" and "compute bfloat16" in info.quantization
     assert info.full_precision_layers == ["lm_head"]
     assert backend.answer(image, "what color is this?").ok
-    _check_ranking(backend.answer(image, "Is this a cat or a dog?").label_scores, ["cat", "dog"])
+    check_ranking(backend.answer(image, "Is this a cat or a dog?").label_scores, ["cat", "dog"])
 
 
 # ------------------------------------------------------------------ other architectures of the table
@@ -244,7 +237,7 @@ def test_other_architectures_fp32_and_nf4(other_arch: tuple[str, Path], image: I
         assert free.label_scores is None and len(free.text.split()) <= 4
         ranked = backend.answer(image, "what is it?", labels=labels)
         assert ranked.ok, ranked.error
-        _check_ranking(ranked.label_scores, labels)
+        check_ranking(ranked.label_scores, labels)
         scores[(quantize, batch)] = dict(ranked.label_scores)
         if quantize:
             assert backend.describe().quantization.startswith("nf4")

@@ -15,6 +15,7 @@ from PIL import Image
 open_clip = pytest.importorskip("open_clip")
 bnb = pytest.importorskip("bitsandbytes")
 
+from tests.checks import check_ranking
 from backends.base import BackendError  # noqa: E402
 from backends.open_clip_zero_shot import OpenClipBackend, rank_labels, resolve_templates  # noqa: E402
 from tests.tiny_models import TINY_OPEN_CLIP_CFG, build_tiny_open_clip_dir  # noqa: E402
@@ -47,15 +48,6 @@ def image() -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8))
 
 
-def _check_ranking(label_scores: list[tuple[str, float]] | None, labels: list[str]) -> None:
-    assert label_scores is not None
-    assert sorted(label for label, _ in label_scores) == sorted(labels)
-    scores = [score for _, score in label_scores]
-    assert scores == sorted(scores, reverse=True)
-    assert sum(scores) == pytest.approx(1.0, abs=1e-6)
-    assert all(0.0 <= s <= 1.0 for s in scores)
-
-
 def test_fp32_card(fp32: OpenClipBackend, tiny_dir: Path) -> None:
     info = fp32.describe()
     assert info.status == "ready" and info.kind == "vlm" and info.family == "open_clip"
@@ -67,7 +59,7 @@ def test_fp32_card(fp32: OpenClipBackend, tiny_dir: Path) -> None:
 def test_user_labels_ranked(fp32: OpenClipBackend, image: Image.Image) -> None:
     answer = fp32.answer(image, "What is in the picture?", labels=LABELS)
     assert answer.ok, answer.error
-    _check_ranking(answer.label_scores, LABELS)
+    check_ranking(answer.label_scores, LABELS)
     assert answer.text == answer.label_scores[0][0]
     assert answer.latency_s > 0
 
@@ -75,12 +67,12 @@ def test_user_labels_ranked(fp32: OpenClipBackend, image: Image.Image) -> None:
 def test_labels_parsed_from_question(fp32: OpenClipBackend, image: Image.Image) -> None:
     answer = fp32.answer(image, "Is this a cat or a dog?")
     assert answer.ok, answer.error
-    _check_ranking(answer.label_scores, ["cat", "dog"])
+    check_ranking(answer.label_scores, ["cat", "dog"])
 
 
 def test_given_labels_win_over_question_options(fp32: OpenClipBackend, image: Image.Image) -> None:
     answer = fp32.answer(image, "Is this a cat or a dog?", labels=["red", "green", "blue"])
-    _check_ranking(answer.label_scores, ["red", "green", "blue"])
+    check_ranking(answer.label_scores, ["red", "green", "blue"])
 
 
 def test_imagenet_fallback_uses_cached_class_embeddings(fp32: OpenClipBackend, image: Image.Image) -> None:
@@ -124,7 +116,7 @@ def test_nf4_replaces_mlp_linears_and_answers(
 
     answer = nf4.answer(image, "Is it a cat, a dog or coffee?")
     assert answer.ok, answer.error
-    _check_ranking(answer.label_scores, ["cat", "dog", "coffee"])
+    check_ranking(answer.label_scores, ["cat", "dog", "coffee"])
     assert nf4.answer(image, "What is this?").ok
     cosine = float(np.dot(nf4.embed_image(image), fp32.embed_image(image)))
     assert cosine > 0.9
@@ -196,7 +188,7 @@ def test_nf4_on_cuda(tiny_dir: Path, fp32: OpenClipBackend, image: Image.Image) 
     assert backend.load(), backend.info.error
     assert backend.describe().device == "cuda" and backend.describe().quantization.endswith("compute bfloat16")
     assert backend._model.transformer.get_cast_dtype() == torch.bfloat16
-    _check_ranking(backend.answer(image, "Is this a cat or a dog?").label_scores, ["cat", "dog"])
+    check_ranking(backend.answer(image, "Is this a cat or a dog?").label_scores, ["cat", "dog"])
     assert float(np.dot(backend.embed_image(image), fp32.embed_image(image))) > 0.9
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from PIL import Image
@@ -20,12 +21,17 @@ def test_answers_stream_in_finishing_order() -> None:
     assert order == ["fast", "slow"]
 
 
-def test_concurrent_wall_time_is_below_sum() -> None:
-    backends = [EchoBackend(f"b{i}", delay_s=0.4) for i in range(3)]
-    start = time.perf_counter()
-    answers = list(run_all(backends, IMAGE, "q"))
-    assert len(answers) == 3
-    assert time.perf_counter() - start < 1.1  # sequential would be 1.2 s
+def test_backends_answer_at_the_same_time() -> None:
+    """Every backend is inside its answer at once (a structural check, not a timing threshold)."""
+    inside = threading.Barrier(3, timeout=10)
+
+    class Meeting(EchoBackend):
+        def _answer(self, image, question, labels):
+            inside.wait()  # raises BrokenBarrierError unless all three are answering together
+            return super()._answer(image, question, labels)
+
+    answers = list(run_all([Meeting(f"b{i}") for i in range(3)], IMAGE, "q"))
+    assert [a.error for a in answers] == [None, None, None]
 
 
 def test_failures_are_answers_not_exceptions() -> None:
@@ -50,7 +56,7 @@ def test_hanging_backend_times_out_and_others_answer() -> None:
     try:
         start = time.perf_counter()
         answers = {a.backend: a for a in runner.stream(IMAGE, "q")}
-        assert time.perf_counter() - start < 3
+        assert time.perf_counter() - start < 20  # the hung call would block for 30 s
         assert answers["good"].ok
         assert "timed out after 0.5 s" in answers["hang"].error
         # the runner still serves the next question while the hung call finishes in the background
