@@ -12,6 +12,7 @@ import gradio as gr
 
 from components.runtime import Runtime
 from data.ratings import bradley_terry_with_ci
+from data.store import stats_to_frame
 
 log = logging.getLogger("routelens")
 
@@ -71,13 +72,14 @@ def ratings_figure(outcomes: list[tuple[str, str, float]], names: list[str]):
 def versions_figure(versions: list[dict[str, Any]]):
     import plotly.graph_objects as go
 
-    rows = [v for v in versions if (v.get("card") or {}).get("metrics")]
+    """``versions``: ``RouterHolder.versions()`` rows, which carry the held-out metrics flat."""
+    rows = [v for v in versions if v.get("routed_accuracy") is not None]
     if not rows:
         return _empty_figure("No trained router versions with held-out metrics yet.")
     names = [v["version"] for v in rows]
     figure = go.Figure()
     for key, label in (("routed_accuracy", "routed"), ("best_single_accuracy", "best single"), ("oracle_accuracy", "oracle")):
-        figure.add_scatter(x=names, y=[(v["card"]["metrics"].get(key) or 0) * 100 for v in rows], mode="lines+markers", name=label)
+        figure.add_scatter(x=names, y=[(v.get(key) or 0) * 100 for v in rows], mode="lines+markers", name=label)
     figure.update_layout(title="Router held-out accuracy across versions", yaxis=dict(ticksuffix="%"), height=300,
                          margin=dict(l=10, r=10, t=40, b=10))
     return figure
@@ -116,21 +118,22 @@ class LeaderboardView:
     def refresh(self) -> list[Any]:
         store = self.runtime.store
         stats = self.runtime.stats()
+        versions = self.runtime.router.versions()
         if store is None:
             empty = _empty_figure("The database is unavailable.")
-            return [counts_markdown(stats), empty, empty, empty, empty, self._version_choices()]
+            return [counts_markdown(stats), empty, empty, empty, empty, self._version_choices(versions)]
         return [
             counts_markdown(stats),
-            accuracy_figure(store.stats_frame()),
+            accuracy_figure(stats_to_frame(stats)),  # the stats already read, not a second query
             ratings_figure(store.pairwise_outcomes(), self.names),
-            versions_figure(store.router_versions()),
+            versions_figure(versions),
             reliability_figure(self.runtime.router.card()),
-            self._version_choices(),
+            self._version_choices(versions),
         ]
 
-    def _version_choices(self):
-        versions = [v["version"] for v in self.runtime.router.versions()]
-        return gr.update(choices=versions, value=None)
+    @staticmethod
+    def _version_choices(versions: list[dict[str, Any]]):
+        return gr.update(choices=[v["version"] for v in versions], value=None)
 
     def retrain(self, force: bool, progress=None) -> str:
         try:

@@ -91,6 +91,19 @@ class ImportReport:
         return not self.errors
 
 
+def stats_to_frame(stats: Mapping[str, Any]) -> "Any":
+    """``Store.stats()`` as a DataFrame (backend, category, n, accuracy), for a caller that has the stats."""
+    import pandas as pd  # imported here: only the leaderboard and export need pandas
+
+    rows = [
+        {"backend": backend, "category": category, "n": cell["n"], "accuracy": cell["accuracy"]}
+        for category, per_backend in stats.get("categories", {}).items()
+        for backend, cell in per_backend.items()
+    ]
+    frame = pd.DataFrame(rows, columns=["backend", "category", "n", "accuracy"])
+    return frame.sort_values(["backend", "category"], ignore_index=True)
+
+
 def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
     """``$ROUTELENS_DB``, else ``$ROUTELENS_DATA_DIR/routelens.sqlite``, else on a Hugging Face Space with
     persistent storage ``/data/routelens/routelens.sqlite``, else ``var/routelens.sqlite``."""
@@ -976,16 +989,7 @@ class Store:
 
     def stats_frame(self, *, source: str | None = "judgment") -> "Any":
         """A pandas DataFrame with columns backend, category, n, accuracy (one row per pair)."""
-        import pandas as pd  # imported here: only the leaderboard and export need pandas
-
-        stats = self.stats(source=source)
-        rows = [
-            {"backend": backend, "category": category, "n": cell["n"], "accuracy": cell["accuracy"]}
-            for category, per_backend in stats["categories"].items()
-            for backend, cell in per_backend.items()
-        ]
-        frame = pd.DataFrame(rows, columns=["backend", "category", "n", "accuracy"])
-        return frame.sort_values(["backend", "category"], ignore_index=True)
+        return stats_to_frame(self.stats(source=source))
 
     def pairwise_outcomes(self, *, since: Any = None) -> list[tuple[str, str, float]]:
         """Battles for Bradley-Terry from judgments that chose a best answer.

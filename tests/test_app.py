@@ -182,3 +182,14 @@ def test_stats_hold_no_server_paths(runtime, tmp_path) -> None:
     versions = runtime.stats()["router_versions"]
     assert versions and all("path" not in row for row in versions)
     assert str(tmp_path) not in json.dumps(runtime.stats(), default=str)
+
+
+def test_leaderboard_refresh_draws_judged_accuracy(runtime) -> None:
+    from components.leaderboard_tab import LeaderboardView
+
+    result = runtime.compare_all(CAT, "What animal is this?", "cat, dog")
+    runtime.judge(result.query_id, {"clip": 1, "llava": 0}, best="clip")
+    counts, accuracy, ratings, *_ = LeaderboardView(runtime).refresh()
+    assert "**1** judgments" in counts
+    heatmap = accuracy.data[0]
+    assert sorted(heatmap.y) == ["clip", "llava"] and len(ratings.data) == 1
