@@ -11,7 +11,7 @@ import html
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from router.base import BackendChoice, Router, choices_from_backends
 
@@ -68,11 +68,6 @@ class RouterHolder:
             return None
         return backend if hasattr(backend, "embed_image") and backend.load() else None
 
-    def image_embedder(self) -> Callable[[Any], Any] | None:
-        """``embed_image`` of the preset's ``[router] image_features`` backend, once it is loaded."""
-        backend = self._image_features_backend()
-        return backend.embed_image if backend is not None else None
-
     def text_encoder(self) -> Any:
         """MiniLM from the shared pool, so the label mapper and the router load it once."""
         from backends.text_encoder import shared_text_encoder
@@ -82,13 +77,18 @@ class RouterHolder:
             "router:minilm", lambda: MiniLMTextEncoder(model=shared_text_encoder(self.runtime.shared).model)
         )
 
-    def _model_kwargs(self) -> dict[str, Any]:
+    def _models(self) -> tuple[dict[str, Any], str | None]:
+        """Keyword arguments for loading or training a router, and the image-feature backend's name.
+
+        The image features are the ``embed_image`` of the preset's ``[router] image_features`` backend.
+        """
         backend = self._image_features_backend()
-        return {
+        kwargs = {
             "backends": self.choices(),
             "text_encoder": self.text_encoder(),
             "image_embedder": backend.embed_image if backend is not None else None,
         }
+        return kwargs, (backend.name if backend is not None else None)
 
     # ---------------------------------------------------------------- loading
     def ensure_loaded(self) -> None:
@@ -96,11 +96,10 @@ class RouterHolder:
         from router.versions import ensure_router
 
         try:
-            kwargs = self._model_kwargs()
-            backend = self._image_features_backend()
+            kwargs, features_name = self._models()
             router, notice = ensure_router(
                 self.versions_dir, self.runtime.store, pairs=self.shipped_pairs(),
-                image_embedder_name=backend.name if backend is not None else None, **kwargs,
+                image_embedder_name=features_name, **kwargs,
             )
         except Exception as exc:  # noqa: BLE001 - a broken router must not stop the app
             log.exception("router failed to load")
@@ -178,7 +177,7 @@ class RouterHolder:
 
         registry = VersionRegistry(self.versions_dir, self.runtime.store)
         message = rollback(registry, version)
-        router, notice = load_active_router(self.versions_dir, self.runtime.store, **self._model_kwargs())
+        router, notice = load_active_router(self.versions_dir, self.runtime.store, **self._models()[0])
         self._swap(router, notice)
         log.info("%s", message)
 
@@ -189,14 +188,13 @@ class RouterHolder:
 
         if progress is not None:
             progress(0.05, desc="Reading judgments and pairs")
-        backend = self._image_features_backend()
-        kwargs = self._model_kwargs()
+        kwargs, features_name = self._models()
         pairs = [p for p in self.shipped_pairs() if p.is_file()]
         if progress is not None:
             progress(0.2, desc="Training (features, heads, calibration)")
         outcome = train_version(
             out_dir=self.versions_dir, pairs=pairs, store=self.runtime.store, force=force, strict=False,
-            image_embedder_name=backend.name if backend is not None else None, **kwargs,
+            image_embedder_name=features_name, **kwargs,
         )
         if outcome.promoted:
             router, notice = load_active_router(self.versions_dir, self.runtime.store, **kwargs)

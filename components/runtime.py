@@ -251,11 +251,11 @@ class Runtime:
         yield "done", result
 
     def compare_all(self, image: Any, question: str | None, labels_text: Any = None, **kwargs: Any) -> CompareResult:
-        result: CompareResult | None = None
-        for event, payload in self.compare(image, question, labels_text, **kwargs):
-            if event == "done":
-                result = payload
-        assert result is not None
+        """Run the whole flow and return its result (the "start" event's object, filled in as it goes)."""
+        events = self.compare(image, question, labels_text, **kwargs)
+        _, result = next(events)
+        for _ in events:
+            pass
         return result
 
     def _record_query(self, picture, question, labels, source, session_id, item_id, category) -> str:
