@@ -145,8 +145,10 @@ class RouterHolder:
         note = f"{decision['choice']} failed to load, so the next best backend was picked"
         return dict(decision, choice=choice, confidence=decision["probabilities"].get(choice, 0.0), fallback=note)
 
-    def probabilities(self, image: Any, question: str) -> list[float]:
-        return list(self.active.decide(image, question).probabilities.values())
+    def probability_matrix(self, images: list[Any], questions: list[str]) -> Any:
+        """P(correct) per (question, backend) for many questions in one batched call (numpy array)."""
+        probabilities, _ = self.active.score_batch(images, questions)
+        return probabilities
 
     def status(self) -> str:
         router = self.active

@@ -193,3 +193,16 @@ def test_leaderboard_refresh_draws_judged_accuracy(runtime) -> None:
     assert "**1** judgments" in counts
     heatmap = accuracy.data[0]
     assert sorted(heatmap.y) == ["clip", "llava"] and len(ratings.data) == 1
+
+
+def test_annotation_order_puts_the_least_certain_first(runtime, monkeypatch) -> None:
+    import numpy as np
+
+    from data.datasets import EvalItem
+
+    items = [EvalItem(id=f"i{k}", image=CAT, question=f"q{k}", answer="cat") for k in range(3)]
+    margins = np.array([[0.9, 0.1, 0.0], [0.5, 0.45, 0.1], [0.7, 0.4, 0.0]])  # margins 0.8, 0.05, 0.3
+    monkeypatch.setattr(runtime.router, "probability_matrix", lambda images, questions: margins)
+    assert AnnotateView(runtime).order_items(items) == ["i1", "i2", "i0"]
+    monkeypatch.setattr(runtime.router, "probability_matrix", lambda images, questions: 1 / 0)
+    assert AnnotateView(runtime).order_items(items) == ["i0", "i1", "i2"]  # scoring failed: file order
