@@ -16,22 +16,26 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from backends.base import Answer
 from backends.messages import ChatMessage, ImagePart, Prompt, TextPart, image_to_data_url, vqa_prompt
-from backends.remote import (
-    RemoteBackend,
-    label_scores_from_logprobs,
-    match_label,
+from backends.remote import RemoteBackend
+from backends.remote_http import (
+    Attempts,
+    HTTPReply,
+    RemoteHTTPError,
+    RetryingClient,
     parse_retry_after,
     server_reported_seconds,
 )
+from backends.remote_labels import label_scores_from_logprobs, match_label
 
 KEY_ENV = "ROUTELENS_TEST_REMOTE_KEY"
 SECRET = "sk-test-0123456789abcdef"
@@ -70,6 +74,8 @@ class ChatServerDouble:
         self.stop = threading.Event()
         self.keep_alive = True
         self.url = ""
+        self.opened: list[Any] = []  # backends and clients to close at teardown
+        self.shut_down: Callable[[], None] = lambda: None  # the fixture sets it: stops the server
 
     # -- replies
     def completion(self, request: dict[str, Any]) -> Reply:
@@ -89,20 +95,13 @@ class ChatServerDouble:
         if self.refuse_logprobs and request.get("logprobs"):
             return Reply(400, {"error": {"message": "logprobs are not supported by this server"}})
         prompt_tokens = sum(len(t.split()) for t in texts) + images * self.image_tokens
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": self.reply_text},
-            "finish_reason": "stop",
-        }
+        message = {"role": "assistant", "content": self.reply_text}
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
         if request.get("logprobs") and self.logprobs is not None:
             choice["logprobs"] = {"content": self.logprobs}
-        body: dict[str, Any] = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": request.get("model", ""),
-            "choices": [choice],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2},
-        }
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2}
+        body: dict[str, Any] = {"id": "chatcmpl-1", "object": "chat.completion", "model": request.get("model", "")}
+        body.update(choices=[choice], usage=usage)
         if self.timings:
             body["timings"] = self.timings
         return Reply(200, body, delay_s=self.default_delay_s)
@@ -120,11 +119,9 @@ def _handler(state: ChatServerDouble) -> type[BaseHTTPRequestHandler]:
             while time.monotonic() < deadline and not state.stop.is_set():
                 time.sleep(0.01)
             if isinstance(reply.body, (bytes, str)):
-                data = reply.body.encode() if isinstance(reply.body, str) else reply.body
-                ctype = "text/plain"
+                data, ctype = (reply.body.encode() if isinstance(reply.body, str) else reply.body), "text/plain"
             else:
-                data = json.dumps(reply.body).encode()
-                ctype = "application/json"
+                data, ctype = json.dumps(reply.body).encode(), "application/json"
             try:
                 self.send_response(reply.status)
                 self.send_header("Content-Type", ctype)
@@ -139,7 +136,7 @@ def _handler(state: ChatServerDouble) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout tests)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             with state.lock:
                 state.headers_seen.append(dict(self.headers))
                 scripted = state.models_replies.pop(0) if state.models_replies else None
@@ -150,7 +147,7 @@ def _handler(state: ChatServerDouble) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(Reply(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in state.models]}))
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             raw = self.rfile.read(length)
             if self.path != "/v1/chat/completions":
@@ -181,13 +178,21 @@ def server() -> Iterator[ChatServerDouble]:
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+    def shut_down() -> None:
+        if not state.stop.is_set():
+            state.stop.set()
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=5)
+
+    state.shut_down = shut_down
     try:
         yield state
     finally:
-        state.stop.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+        for opened in state.opened:
+            opened.close()
+        shut_down()
 
 
 @pytest.fixture()
@@ -202,6 +207,7 @@ def make(server: ChatServerDouble, **options: Any) -> RemoteBackend:
     options.setdefault("backoff_base_s", 0.01)
     options.setdefault("backoff_max_s", 0.05)
     backend = RemoteBackend("remote-test", base_url=server.url, cost=2.0, **options)
+    server.opened.append(backend)
     return backend
 
 
@@ -222,15 +228,11 @@ def assert_clean_error(answer: Answer) -> str:
 def test_answer_sends_png_data_url_then_question(server: ChatServerDouble, image: Image.Image) -> None:
     backend = make(server)
     answer = backend.answer(image, "What animal is this?")
-    backend.close()
     assert answer.ok, answer.error
-    assert answer.text == "A dog."
-    assert answer.label_scores is None
+    assert (answer.text, answer.label_scores) == ("A dog.", None)
     info = backend.describe()
     assert (info.kind, info.family, info.status) == ("vlm+llm", "remote", "ready")
-    assert info.model_id == "test-vlm"
-    assert info.device == f"remote {server.url.split('/')[2]}"
-    assert info.cost == 2.0
+    assert (info.model_id, info.device, info.cost) == ("test-vlm", f"remote {server.url.split('/')[2]}", 2.0)
     assert backend.vision.startswith("sees images")
     request = server.chat_requests[-1]
     assert request["model"] == "test-vlm"
@@ -248,7 +250,6 @@ def test_answer_sends_png_data_url_then_question(server: ChatServerDouble, image
 def test_large_image_is_downscaled_before_sending(server: ChatServerDouble) -> None:
     backend = make(server, max_image_side=256, check_vision=False)
     answer = backend.answer(Image.new("RGB", (1024, 512)), "What is it?")
-    backend.close()
     assert answer.ok, answer.error
     url = server.chat_requests[-1]["messages"][-1]["content"][0]["image_url"]["url"]
     assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (256, 128)
@@ -258,7 +259,6 @@ def test_server_reported_time_is_recorded(server: ChatServerDouble, image: Image
     server.timings = {"prompt_ms": 12.0, "predicted_ms": 30.0}
     backend = make(server, check_vision=False)
     assert backend.answer(image, "What is it?").ok
-    backend.close()
     stats = backend.stats.snapshot()
     assert stats["last_server_s"] == pytest.approx(0.042)
     assert stats["ok"] == 1 and stats["errors"] == 0 and stats["retries"] == 0
@@ -267,21 +267,13 @@ def test_server_reported_time_is_recorded(server: ChatServerDouble, image: Image
 
 def test_labels_are_requested_mapped_and_ranked_by_logprobs(server: ChatServerDouble, image: Image.Image) -> None:
     server.reply_text = "Dog."
+    top = [{"token": "Dog", "logprob": -0.2}, {"token": " cat", "logprob": -2.0}, {"token": "The", "logprob": -3.0}]
     server.logprobs = [
-        {
-            "token": "Dog",
-            "logprob": -0.2,
-            "top_logprobs": [
-                {"token": "Dog", "logprob": -0.2},
-                {"token": " cat", "logprob": -2.0},
-                {"token": "The", "logprob": -3.0},
-            ],
-        },
+        {"token": "Dog", "logprob": -0.2, "top_logprobs": top},
         {"token": ".", "logprob": -0.1, "top_logprobs": []},
     ]
     backend = make(server, check_vision=False)
     answer = backend.answer(image, "Is this a cat or a dog?", labels=["cat", "dog", "rocket"])
-    backend.close()
     assert answer.ok, answer.error
     assert answer.text == "dog"
     assert answer.label_scores is not None
@@ -291,10 +283,8 @@ def test_labels_are_requested_mapped_and_ranked_by_logprobs(server: ChatServerDo
     assert answer.label_scores[2][1] == 0.0
     request = server.chat_requests[-1]
     assert request["logprobs"] is True and request["top_logprobs"] == 5
-    assert (
-        "exactly one of these options and nothing else: cat, dog, rocket"
-        in request["messages"][-1]["content"][1]["text"]
-    )
+    question = request["messages"][-1]["content"][1]["text"]
+    assert "exactly one of these options and nothing else: cat, dog, rocket" in question
     assert request["max_tokens"] == 16
 
 
@@ -304,7 +294,6 @@ def test_server_without_logprobs_support_is_asked_again_without(server: ChatServ
     backend = make(server, check_vision=False)
     first = backend.answer(image, "cat or dog?", labels=["cat", "dog"])
     second = backend.answer(image, "cat or dog?", labels=["cat", "dog"])
-    backend.close()
     assert (first.text, first.label_scores, first.error) == ("cat", None, None)
     assert second.ok
     # the first question found out; the second did not ask for logprobs again
@@ -315,7 +304,6 @@ def test_reply_naming_no_label_is_shown_as_written(server: ChatServerDouble, ima
     server.reply_text = "a giraffe"
     backend = make(server, check_vision=False, label_logprobs=False)
     answer = backend.answer(image, "cat or dog?", labels=["cat", "dog"])
-    backend.close()
     assert (answer.text, answer.label_scores, answer.error) == ("a giraffe", None, None)
 
 
@@ -323,42 +311,15 @@ def test_empty_reply_is_an_error(server: ChatServerDouble, image: Image.Image) -
     server.reply_text = ""
     backend = make(server, check_vision=False)
     error = assert_clean_error(backend.answer(image, "What?"))
-    backend.close()
     assert error == "the model returned an empty reply (finish_reason: stop)"
 
 
 # ----------------------------------------------------------------------------------- faults: retries
-def test_429_with_retry_after_then_success(server: ChatServerDouble, image: Image.Image) -> None:
-    backend = make(server, check_vision=False)
-    assert backend.load()
-    server.script = [Reply(429, {"error": {"message": "slow down"}}, headers={"Retry-After": "0.3"})]
-    start = time.monotonic()
-    answer = backend.answer(image, "What is it?")
-    elapsed = time.monotonic() - start
-    backend.close()
-    assert answer.ok, answer.error
-    assert elapsed >= 0.3  # Retry-After honoured (the backoff alone would be <= 0.05 s here)
-    assert len(server.chat_requests) == 2
-    assert backend.stats.snapshot()["retries"] == 1
-
-
-def test_429_asking_longer_than_the_budget_fails_at_once(server: ChatServerDouble, image: Image.Image) -> None:
-    backend = make(server, check_vision=False, timeout_s=2.0)
-    assert backend.load()
-    server.script = [Reply(429, {"error": "busy"}, headers={"Retry-After": "30"})]
-    start = time.monotonic()
-    error = assert_clean_error(backend.answer(image, "What is it?"))
-    backend.close()
-    assert time.monotonic() - start < 1.0
-    assert "rate limited" in error and "HTTP 429" in error and "asked to wait 30 s" in error
-
-
 def test_500s_give_an_error_after_the_retries(server: ChatServerDouble, image: Image.Image) -> None:
     backend = make(server, check_vision=False, max_retries=2)
     assert backend.load()
     server.script = [Reply(500, {"error": {"message": "CUDA error: device lost"}}) for _ in range(5)]
     error = assert_clean_error(backend.answer(image, "What is it?"))
-    backend.close()
     assert error == f"the server at {server.url} failed (HTTP 500: CUDA error: device lost) after 3 attempts"
     assert len(server.chat_requests) == 3
     stats = backend.stats.snapshot()
@@ -370,19 +331,99 @@ def test_503_then_success_uses_backoff(server: ChatServerDouble, image: Image.Im
     assert backend.load()
     server.script = [Reply(503, "overloaded"), Reply(502, "bad gateway")]
     answer = backend.answer(image, "What is it?")
-    backend.close()
     assert answer.ok, answer.error
     assert len(server.chat_requests) == 3
+    assert backend.stats.snapshot()["retries"] == 2
 
 
-def test_4xx_is_not_retried(server: ChatServerDouble, image: Image.Image) -> None:
-    backend = make(server, check_vision=False)
-    assert backend.load()
-    server.script = [Reply(422, {"detail": [{"msg": "field required: messages"}]})]
-    error = assert_clean_error(backend.answer(image, "What is it?"))
-    backend.close()
-    assert error == f"the server at {server.url} refused the request (HTTP 422: field required: messages)"
+# ------------------------------------------------------------------- the HTTP client (backends.remote_http)
+def post(server: ChatServerDouble, timeout_s: float = 5.0, **options: Any) -> tuple[HTTPReply, int]:
+    """One POST through a fresh :class:`RetryingClient` (fast backoff): the reply and the attempts made."""
+    options.setdefault("backoff_base_s", 0.01)
+    options.setdefault("backoff_max_s", 0.05)
+    http = RetryingClient(server.url, **options)
+    server.opened.append(http)
+    attempts = Attempts()
+    payload = {"model": "test-vlm", "messages": [{"role": "user", "content": "hi"}]}
+    return http.request("POST", "/chat/completions", payload, timeout_s=timeout_s, attempts=attempts), attempts.count
+
+
+def test_client_honours_retry_after(server: ChatServerDouble) -> None:
+    server.script = [Reply(429, {"error": {"message": "slow down"}}, headers={"Retry-After": "0.3"})]
+    start = time.monotonic()
+    reply, attempts = post(server)
+    assert time.monotonic() - start >= 0.3  # Retry-After honoured (the backoff alone would be <= 0.05 s here)
+    assert reply.data["choices"][0]["message"]["content"] == "A dog."
+    assert reply.total_s >= 0.3 > reply.http_s
+    assert attempts == 2 and len(server.chat_requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "timeout_s", "attempts", "message"),
+    [  # a second 0.6 s wait would end after the 1 s deadline; a 30 s wait is beyond a 2 s one at once
+        (503, "0.6", 1.0, 2, "the server at {url} failed (HTTP 503: busy) after 2 attempts"),
+        (429, "30", 2.0, 1, "rate limited by the server at {url} (HTTP 429); it asked to wait 30 s, beyond timeout_s = 2"),
+    ],
+    ids=["503-second-wait-too-late", "429-wait-beyond-budget"],
+)
+def test_client_deadline_stops_retries(
+    server: ChatServerDouble, status: int, retry_after: str, timeout_s: float, attempts: int, message: str
+) -> None:
+    server.script = [Reply(status, {"error": "busy"}, headers={"Retry-After": retry_after}) for _ in range(10)]
+    start = time.monotonic()
+    with pytest.raises(RemoteHTTPError) as caught:
+        post(server, timeout_s=timeout_s, max_retries=9)
+    assert time.monotonic() - start < 1.0
+    assert caught.value.status == status and len(server.chat_requests) == attempts
+    assert str(caught.value) == message.format(url=server.url)
+
+
+def test_client_does_not_retry_4xx(server: ChatServerDouble) -> None:
+    server.script = [Reply(422, {"detail": [{"msg": "field required: messages"}]})] * 3
+    with pytest.raises(RemoteHTTPError) as caught:
+        post(server)
+    assert caught.value.status == 422 and len(server.chat_requests) == 1
+    assert str(caught.value) == f"the server at {server.url} refused the request (HTTP 422: field required: messages)"
+
+
+def test_client_hooks_explain_scrub_and_stop_retries(server: ChatServerDouble) -> None:
+    server.script = [Reply(500, {"error": {"message": "no images for token s3cret"}})] * 3
+    with pytest.raises(RemoteHTTPError) as caught:
+        post(
+            server,
+            never_retry=lambda detail, payload: "no images" in detail and payload is not None,
+            explain=lambda status, detail: f"own ({status}: {detail})",
+            scrub=lambda text: text.replace("s3cret", "***"),
+        )
+    assert str(caught.value) == "own (500: no images for token ***)"
     assert len(server.chat_requests) == 1
+
+
+def test_client_backoff_is_capped_with_equal_jitter() -> None:
+    http = RetryingClient("http://127.0.0.1:1/v1", backoff_base_s=0.5, backoff_max_s=2.0)
+    for attempt, full in [(1, 0.5), (2, 1.0), (3, 2.0), (8, 2.0)]:
+        waits = [http.backoff(attempt) for _ in range(50)]
+        assert all(full / 2 <= wait <= full for wait in waits), (attempt, min(waits), max(waits))
+        assert max(waits) - min(waits) > 0  # jittered, so clients that failed together do not retry together
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    now = time.time()
+    assert parse_retry_after(email.utils.formatdate(now + 10, usegmt=True), now=now) == pytest.approx(10, abs=1.01)
+
+
+def test_server_reported_seconds() -> None:
+    assert server_reported_seconds({"timings": {"prompt_ms": 100, "predicted_ms": 50}}, {}) == pytest.approx(0.15)
+    assert server_reported_seconds({}, {"x-compute-time": "0.25"}) == 0.25
+    assert server_reported_seconds({}, {"openai-processing-ms": "120"}) == pytest.approx(0.12)
+    assert server_reported_seconds({}, {"server-timing": "queue;dur=5, total;dur=40"}) == pytest.approx(0.04)
+    assert server_reported_seconds({}, {"server-timing": "a;dur=5, b;dur=10"}) == pytest.approx(0.015)
+    assert server_reported_seconds({}, {}) is None
 
 
 # ------------------------------------------------------------------------------ faults: slow and down
@@ -393,7 +434,6 @@ def test_slow_server_times_out_within_the_budget(server: ChatServerDouble, image
     start = time.monotonic()
     error = assert_clean_error(backend.answer(image, "What is it?"))
     elapsed = time.monotonic() - start
-    backend.close()
     assert error == f"the server at {server.url} did not answer within 0.6 s (timeout_s)"
     assert 0.5 < elapsed < 1.5
 
@@ -407,30 +447,18 @@ def test_server_down_is_a_clear_load_error() -> None:
     assert time.monotonic() - start < 2.0
     error = assert_clean_error(answer)
     assert error == (
-        f"could not load: cannot reach the server at {url}: connection refused (is the server running?) "
-        "after 3 attempts"
+        f"could not load: cannot reach the server at {url}: connection refused (is the server running?) after 3 attempts"
     )
     assert backend.describe().status == "failed"
 
 
-def test_server_going_down_after_load_is_a_clear_answer_error(image: Image.Image) -> None:
-    state = ChatServerDouble()
-    state.keep_alive = False  # so that shutting the server down leaves no open connection behind
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    backend = RemoteBackend("gone", base_url=url, backoff_base_s=0.01, check_vision=False)
-    try:
-        assert backend.load()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-        error = assert_clean_error(backend.answer(image, "What is it?"))
-    finally:
-        backend.close()
-    assert error.startswith(f"cannot reach the server at {url}: ")
+def test_server_going_down_after_load_is_a_clear_answer_error(server: ChatServerDouble, image: Image.Image) -> None:
+    server.keep_alive = False  # so that shutting the server down leaves no open connection behind
+    backend = make(server, check_vision=False)
+    assert backend.load()
+    server.shut_down()
+    error = assert_clean_error(backend.answer(image, "What is it?"))
+    assert error.startswith(f"cannot reach the server at {server.url}: ")
 
 
 def test_failed_load_is_retried_after_reconnect_after_s(server: ChatServerDouble, image: Image.Image) -> None:
@@ -440,22 +468,17 @@ def test_failed_load_is_retried_after_reconnect_after_s(server: ChatServerDouble
     again_at_once = backend.answer(image, "What is it?")
     time.sleep(0.25)
     later = backend.answer(image, "What is it?")
-    backend.close()
     assert first.error and "HTTP 404" in first.error and first.error.startswith("could not load: ")
     assert again_at_once.error == first.error  # no hammering a server that is down
     assert later.ok, later.error
 
 
-def test_server_without_a_models_list_is_trusted_when_the_model_is_named(
-    server: ChatServerDouble, image: Image.Image
-) -> None:
+def test_server_without_a_models_list_is_trusted_when_the_model_is_named(server: ChatServerDouble, image: Image.Image) -> None:
     server.models_replies = [Reply(404, {"error": {"message": "Not Found"}})] * 2
     named = make(server, model="llava", check_vision=False)
     assert named.answer(image, "What is it?").ok
     unnamed = make(server, check_vision=False)
     error = assert_clean_error(unnamed.answer(image, "What is it?"))
-    named.close()
-    unnamed.close()
     assert error == f"could not load: the server at {server.url} has no such endpoint or model (HTTP 404: Not Found)"
 
 
@@ -465,10 +488,7 @@ def test_server_without_a_models_list_is_trusted_when_the_model_is_named(
     [
         (Reply(200, "<html>oops</html>"), "sent a reply that is not JSON (HTTP 200, starts with '<html>oops</html>')"),
         (Reply(200, {"id": "x"}), "sent a malformed chat-completions reply (no choices)"),
-        (
-            Reply(200, {"choices": [{"index": 0}]}),
-            "sent a malformed chat-completions reply (no message in the first choice)",
-        ),
+        (Reply(200, {"choices": [{"index": 0}]}), "sent a malformed chat-completions reply (no message in the first choice)"),
         (Reply(200, [1, 2]), "sent a malformed chat-completions reply (a JSON list, not an object)"),
         (Reply(200, {"error": {"message": "model crashed"}}), "reported an error: model crashed"),
     ],
@@ -478,7 +498,6 @@ def test_malformed_replies(server: ChatServerDouble, image: Image.Image, reply: 
     assert backend.load()
     server.script = [reply]
     error = assert_clean_error(backend.answer(image, "What is it?"))
-    backend.close()
     assert error == f"the server at {server.url} {expected}"
 
 
@@ -487,7 +506,6 @@ def test_model_that_ignores_images_fails_the_vision_check(server: ChatServerDoub
     server.image_tokens = 0  # what llama-cpp-python does with a text-only GGUF: no error, image dropped
     backend = make(server)
     error = assert_clean_error(backend.answer(image, "What is it?"))
-    backend.close()
     assert error.startswith("could not load: the server's model does not accept images: it ignored an image")
     assert "send_image = false" in error
 
@@ -500,8 +518,6 @@ def test_model_that_refuses_images_is_named_and_not_retried(server: ChatServerDo
     assert len(server.chat_requests) == 1
     probing = make(server)
     load_error = assert_clean_error(probing.answer(image, "What is it?"))
-    backend.close()
-    probing.close()
     assert load_error.startswith("could not load: the server's model does not accept images (HTTP 400")
 
 
@@ -511,7 +527,6 @@ def test_image_refusal_as_a_500_is_not_retried(server: ChatServerDouble, image: 
     message = "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj"
     server.script = [Reply(500, {"error": {"code": 500, "message": message}})] * 3
     error = assert_clean_error(backend.answer(image, "What is it?"))
-    backend.close()
     assert error.startswith("the server's model does not accept images (HTTP 500: image input is not supported")
     assert len(server.chat_requests) == 1
 
@@ -520,7 +535,6 @@ def test_send_image_false_asks_text_only_and_says_so(server: ChatServerDouble, i
     server.image_tokens = 0
     backend = make(server, send_image=False)
     answer = backend.answer(image, "What is it?")
-    backend.close()
     assert answer.ok, answer.error
     assert server.chat_requests[-1]["messages"][-1]["content"] == "What is it?\nAnswer briefly, in a few words."
     assert "text only" in backend.describe().device
@@ -539,11 +553,10 @@ def test_api_key_from_env_sent_as_bearer_and_never_shown(
     card = json.dumps(backend.describe().to_json())
     assert SECRET not in card and SECRET not in repr(backend) and SECRET not in json.dumps(answer.to_json())
     assert SECRET not in json.dumps(backend.stats.snapshot())
-    assert all(SECRET not in str(v) for v in vars(backend).values())  # not kept on the instance
+    assert all(SECRET not in str(v) for v in [*vars(backend).values(), *vars(backend.http).values()])  # not kept
     # a server that echoes the key back in an error: the message shows it scrubbed
     server.script = [Reply(401, {"error": {"message": f"Incorrect API key provided: {SECRET}"}})]
     error = assert_clean_error(backend.answer(image, "What is it?"))
-    backend.close()
     assert SECRET not in error
     assert error == (
         f"the server at {server.url} refused the request (HTTP 401: Incorrect API key provided: ***); "
@@ -551,13 +564,10 @@ def test_api_key_from_env_sent_as_bearer_and_never_shown(
     )
 
 
-def test_missing_key_variable_is_named(
-    server: ChatServerDouble, image: Image.Image, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_key_variable_is_named(server: ChatServerDouble, image: Image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
     backend = make(server, api_key_env=KEY_ENV)
     error = assert_clean_error(backend.answer(image, "What is it?"))
-    backend.close()
     assert error == (
         f"could not load: the environment variable {KEY_ENV} (api_key_env) is not set; "
         "export it before starting RouteLens"
@@ -603,8 +613,6 @@ def test_model_choice_against_the_served_list(server: ChatServerDouble, image: I
     chosen = make(server, model="qwen2-vl", check_vision=False)
     assert chosen.answer(image, "What?").ok
     assert server.chat_requests[-1]["model"] == "qwen2-vl"
-    for backend in (ambiguous, missing, chosen):
-        backend.close()
 
 
 @pytest.mark.parametrize("limit", [1, 2])
@@ -618,7 +626,6 @@ def test_max_concurrency_bounds_requests_in_flight(server: ChatServerDouble, ima
         thread.start()
     for thread in threads:
         thread.join(timeout=10)
-    backend.close()
     assert len(answers) == 4 and all(a.ok for a in answers)
     assert server.max_in_flight == limit
 
@@ -627,20 +634,10 @@ def test_max_concurrency_bounds_requests_in_flight(server: ChatServerDouble, ima
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
-        ("dog", "dog"),
-        ("Dog.", "dog"),
-        ("  DOG!\n", "dog"),
-        ("It is a dog.", "dog"),
-        ("dogs", "dog"),
-        ("The answer: red car", "red car"),
-        ("hotdog", None),
-        ("doog", "dog"),
-        ("a cat, not a dog", None),
-        ("Dog. Not a cat.", "dog"),
-        ("Is this a cat or a dog?", None),
-        ("red car or car", "red car"),
-        ("", None),
-        ("giraffe", None),
+        *[("dog", "dog"), ("Dog.", "dog"), ("  DOG!\n", "dog"), ("It is a dog.", "dog"), ("dogs", "dog")],
+        *[("The answer: red car", "red car"), ("hotdog", None), ("doog", "dog"), ("a cat, not a dog", None)],
+        *[("Dog. Not a cat.", "dog"), ("Is this a cat or a dog?", None), ("red car or car", "red car")],
+        *[("", None), ("giraffe", None)],
     ],
 )
 def test_match_label(reply: str, expected: str | None) -> None:
@@ -650,10 +647,8 @@ def test_match_label(reply: str, expected: str | None) -> None:
 def test_label_scores_from_logprobs_edge_cases() -> None:
     assert label_scores_from_logprobs(None, ["a", "b"]) is None
     assert label_scores_from_logprobs({"content": None}, ["a", "b"]) is None
-    assert (
-        label_scores_from_logprobs({"content": [{"token": "zebra", "logprob": 0.0, "top_logprobs": []}]}, ["a", "b"])
-        is None
-    )
+    zebra = {"content": [{"token": "zebra", "logprob": 0.0, "top_logprobs": []}]}
+    assert label_scores_from_logprobs(zebra, ["a", "b"]) is None
     # leading blank tokens are skipped; a token shared by two labels splits its mass; tie -> chosen first
     content = [
         {"token": "\n", "logprob": -0.01, "top_logprobs": []},
@@ -668,26 +663,6 @@ def test_label_scores_from_logprobs_edge_cases() -> None:
     assert [label for label, _ in scores] == ["rectangle", "red", "blue"]
     assert scores[0][1] == pytest.approx(scores[1][1])
     assert sum(s for _, s in scores) == pytest.approx(1.0)
-
-
-def test_parse_retry_after() -> None:
-    assert parse_retry_after("2") == 2.0
-    assert parse_retry_after("0.5") == 0.5
-    assert parse_retry_after("-3") == 0.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    now = time.time()
-    date = email.utils.formatdate(now + 10, usegmt=True)
-    assert parse_retry_after(date, now=now) == pytest.approx(10, abs=1.01)
-
-
-def test_server_reported_seconds() -> None:
-    assert server_reported_seconds({"timings": {"prompt_ms": 100, "predicted_ms": 50}}, {}) == pytest.approx(0.15)
-    assert server_reported_seconds({}, {"x-compute-time": "0.25"}) == 0.25
-    assert server_reported_seconds({}, {"openai-processing-ms": "120"}) == pytest.approx(0.12)
-    assert server_reported_seconds({}, {"server-timing": "queue;dur=5, total;dur=40"}) == pytest.approx(0.04)
-    assert server_reported_seconds({}, {"server-timing": "a;dur=5, b;dur=10"}) == pytest.approx(0.015)
-    assert server_reported_seconds({}, {}) is None
 
 
 # ------------------------------------------------------------------------------------------ messages

