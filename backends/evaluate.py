@@ -1,7 +1,9 @@
 """Run a preset's backends over an eval set and write performance pairs (one row per item x backend).
 
-Rows are written as they come, so an interrupted run keeps what it finished. The summary is each
-backend's accuracy per category.
+Rows are written as they come, so an interrupted run keeps what it finished. Each row goes through the
+pairs format's own validator and line writer (:mod:`data.pairs`), so the file is one that
+:func:`data.pairs.read_pairs` accepts; a row the format refuses (an empty question, a repeated item id)
+is left out and listed in the summary's ``skipped``. The summary is each backend's accuracy per category.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -20,7 +23,7 @@ from backends.images import ImageError, load_image
 from backends.run_all import BackendRunner
 from backends.scoring import score_answer
 from data.datasets import EvalItem
-from data.pairs import dump_pair
+from data.pairs import dump_pair, pair_key, validate_pair
 
 
 @dataclass
@@ -67,7 +70,7 @@ def image_bytes_sha256(item_image: Any) -> tuple[str, str | None]:
 
 
 def pair_row(item: EvalItem, answer: Answer, sha256: str, image_path: str | None) -> dict[str, Any]:
-    """One performance pair in the DESIGN.md format."""
+    """One performance pair (the format of :mod:`data.pairs`; not validated here)."""
     text = answer.text or ""
     correct = 0.0 if answer.error else score_answer(text, item.accepted)
     return {
@@ -95,10 +98,12 @@ def run_eval(
     """Answer every item with every backend concurrently; append pairs to ``out_path``."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    folder = out_path.parent.resolve()
     summary = EvalSummary()
+    written: set[tuple[str, str, str]] = set()
     runner = BackendRunner(backends)
     try:
-        with out_path.open("w", encoding="utf-8") as out:
+        with out_path.open("w", encoding="utf-8", newline="\n") as out:
             for item in progress(items):
                 try:
                     image = _item_image(item.image)
@@ -108,8 +113,16 @@ def run_eval(
                     continue
                 summary.items += 1
                 for answer in runner.stream(image, item.question, item.labels):
-                    row = pair_row(item, answer, sha256, path)
-                    out.write(dump_pair(row, out_path.parent.resolve()) + "\n")
+                    try:
+                        row = validate_pair(pair_row(item, answer, sha256, path))
+                    except ValueError as exc:
+                        summary.skipped.append(f"{item.id} ({answer.backend}): {exc}")
+                        continue
+                    if pair_key(row) in written:
+                        summary.skipped.append(f"{item.id} ({answer.backend}): the id of an earlier item")
+                        continue
+                    written.add(pair_key(row))
+                    out.write(dump_pair(row, folder) + "\n")
                     summary.add(answer.backend, item.category, row["correct"], answer.error is not None)
                 out.flush()
     finally:

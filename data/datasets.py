@@ -101,7 +101,7 @@ def read_image_folder(folder: str | Path, limit: int | None = None) -> list[Eval
         raise DatasetError(f"{folder}: expected one sub-folder per class, found none")
     labels = [c.replace("_", " ") for c in classes]
     items = []
-    for cls, label in zip(classes, labels):
+    for cls, label in zip(classes, labels, strict=True):
         for image in sorted((folder / cls).iterdir()):
             if image.suffix.lower() in _IMAGE_SUFFIXES:
                 items.append(
@@ -204,7 +204,7 @@ def read_hf_dataset(name: str, split: str, limit: int | None = None) -> list[Eva
             dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         else:
             dataset = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # noqa: BLE001 - network, missing split, bad name: one clear message
+    except Exception as exc:  # network, missing split, bad name: one clear message
         raise DatasetError(f"could not open dataset {name!r} split {split!r}: {exc}") from exc
     columns = dataset.column_names
     image_key = next((k for k in _IMAGE_KEYS if k in columns), None)

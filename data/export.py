@@ -22,8 +22,9 @@ import json
 import os
 import uuid
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from data.pairs import FIELDS as PAIR_FIELDS
 from data.pairs import write_pairs

@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from data.atomic import atomic_writer
 
@@ -193,18 +194,20 @@ def pair_key(row: Mapping[str, Any]) -> tuple[str, str, str]:
     return (row["query_id"], row["backend"], row["source"])
 
 
-def parse_pairs(
-    lines: Iterable[bytes | str], *, base_dir: str | os.PathLike[str] | None = None
-) -> PairsReadResult:
-    """Validate JSONL lines (bytes or str); blank lines are skipped. Never raises for bad content."""
-    result = PairsReadResult()
-    seen: dict[tuple[str, str, str], int] = {}
+def iter_validated(
+    lines: Iterable[bytes | str], errors: list[tuple[int, str]], *, base_dir: str | os.PathLike[str] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Validated rows with their line numbers, streamed; bad lines go to ``errors`` as (number, message).
+
+    Blank lines are skipped and a leading byte-order mark is ignored. Duplicates are not checked here (a
+    streaming reader of millions of rows cannot hold every key); :func:`parse_pairs` checks them.
+    """
     for number, raw in enumerate(lines, start=1):
         if isinstance(raw, bytes):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                result.errors.append((number, f"not valid UTF-8 ({error.reason} at byte {error.start})"))
+                errors.append((number, f"not valid UTF-8 ({error.reason} at byte {error.start})"))
                 continue
         else:
             text = raw
@@ -215,13 +218,35 @@ def parse_pairs(
         try:
             obj = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as error:
-            result.errors.append((number, f"not valid JSON: {error}"))
+            errors.append((number, f"not valid JSON: {error}"))
             continue
         try:
-            row = validate_pair(obj, base_dir=base_dir)
+            yield number, validate_pair(obj, base_dir=base_dir)
         except ValueError as error:
-            result.errors.append((number, str(error)))
-            continue
+            errors.append((number, str(error)))
+
+
+def iter_pairs_file(path: str | os.PathLike[str], errors: list[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """:func:`iter_validated` over a file (image paths relative to its folder). Raises OSError if unreadable."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        yield from iter_validated(handle, errors, base_dir=path.absolute().parent)
+
+
+def format_line_errors(source: str, errors: Sequence[tuple[int, str]], limit: int = 10) -> str:
+    """``source: N bad line(s):`` and the first ``limit`` of them, one a line."""
+    shown = "\n".join(f"  line {n}: {m}" for n, m in errors[:limit])
+    more = f"\n  ... and {len(errors) - limit} more" if len(errors) > limit else ""
+    return f"{source}: {len(errors)} bad line(s):\n{shown}{more}"
+
+
+def parse_pairs(
+    lines: Iterable[bytes | str], *, base_dir: str | os.PathLike[str] | None = None
+) -> PairsReadResult:
+    """Validate JSONL lines (bytes or str), duplicates included. Never raises for bad content."""
+    result = PairsReadResult()
+    seen: dict[tuple[str, str, str], int] = {}
+    for number, row in iter_validated(lines, result.errors, base_dir=base_dir):
         key = pair_key(row)
         if key in seen:
             result.errors.append(

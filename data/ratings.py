@@ -6,8 +6,8 @@ BT fits all outcomes at once. Ratings are on the Elo scale (400 * log10 odds, me
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def fit_bradley_terry(
         strength = updated
     log_strength = np.log(np.maximum(strength, 1e-12))
     ratings = BASE + SCALE * (log_strength - log_strength.mean()) / np.log(10)
-    return {n: float(r) for n, r in zip(names, ratings)}
+    return {n: float(r) for n, r in zip(names, ratings, strict=True)}
 
 
 def bradley_terry_with_ci(
@@ -74,5 +74,5 @@ def bradley_terry_with_ci(
     low = np.quantile(samples, alpha, axis=0)
     high = np.quantile(samples, 1 - alpha, axis=0)
     games = {n: sum(1 for a, b, _ in outcomes if n in (a, b)) for n in names}
-    ratings = [Rating(n, point[n], float(lo), float(hi), games[n]) for n, lo, hi in zip(names, low, high)]
+    ratings = [Rating(n, point[n], float(lo), float(hi), games[n]) for n, lo, hi in zip(names, low, high, strict=True)]
     return sorted(ratings, key=lambda r: -r.rating)

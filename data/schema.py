@@ -14,9 +14,9 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Sequence
+from datetime import UTC, datetime
 
 from sqlite_utils import Database
 
@@ -38,7 +38,7 @@ class MigrationError(Exception):
 
 def utc_now() -> str:
     """Every timestamp in the store: UTC, ISO 8601, microseconds, e.g. 2026-11-02T09:15:00.123456+00:00."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets  # a pinned requirement: failing to import it fails the run
 import pytest
 from PIL import Image
 
-from backends.evaluate import EvalSummary
-from data.datasets import DatasetError, easyvqa_category, load_eval_items
+from backends.evaluate import EvalSummary, run_eval
+from data.datasets import DatasetError, EvalItem, easyvqa_category, load_eval_items
+from data.pairs import read_pairs
+from tests.doubles import EchoBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +59,6 @@ def test_easyvqa_spec_spreads_question_types() -> None:
 
 
 def test_hf_spec_reads_a_dataset_saved_locally(tmp_path) -> None:
-    datasets = pytest.importorskip("datasets")
     features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["apple", "maple_tree"])})
     data = datasets.Dataset.from_dict(
         {"img": [Image.new("RGB", (8, 8), c) for c in ("red", "green", "blue")], "fine_label": [0, 1, 1]}, features=features
@@ -67,6 +69,34 @@ def test_hf_spec_reads_a_dataset_saved_locally(tmp_path) -> None:
     assert items[0].labels == ["apple", "maple tree"] and items[0].question == "What is in this image?"
     with pytest.raises(DatasetError, match="hf:NAME:SPLIT"):
         load_eval_items("hf:only-a-name")
+
+
+def test_eval_runner_writes_pairs_the_pairs_reader_accepts(tmp_path) -> None:
+    """Every row goes through data.pairs: a row the format refuses is left out and reported, never written."""
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    image = str((tmp_path / "a.png").resolve())
+    items = [
+        EvalItem(id="1", image=image, question="what shape?", answer="circle", category="object"),
+        EvalItem(id="2", image=image, question="   ", answer="circle"),  # the format needs a question
+        EvalItem(id="1", image=image, question="again?", answer="square"),  # the same id as an earlier item
+        EvalItem(id="3", image=image, question="which colour?", answer="red", labels=["red", "blue"], category="attribute"),
+    ]
+    out_path = tmp_path / "runs" / "pairs.jsonl"
+    summary = run_eval([EchoBackend("echo-a"), EchoBackend("echo-b", word="square")], items, out_path)
+
+    rows = read_pairs(out_path).rows  # strict: raises on any bad line
+    assert sorted((r["query_id"], r["backend"]) for r in rows) == [
+        ("1", "echo-a"), ("1", "echo-b"), ("3", "echo-a"), ("3", "echo-b")
+    ]
+    assert {(r["query_id"], r["backend"]): r["correct"] for r in rows} == {
+        ("1", "echo-a"): 1.0, ("1", "echo-b"): 0.0, ("3", "echo-a"): 1.0, ("3", "echo-b"): 1.0
+    }
+    assert all(r["image"] == image and r["source"] == "benchmark" and r["error"] is None for r in rows)
+    assert json.loads(out_path.read_text().splitlines()[0])["image"] == image  # not under runs/: written absolute
+    assert len(summary.skipped) == 4
+    assert sum("'question' must not be empty" in s for s in summary.skipped) == 2
+    assert sum("earlier item" in s for s in summary.skipped) == 2
+    assert summary.accuracy()["echo-b"]["all"] == 0.5
 
 
 def test_summary_table_lists_every_backend_and_category() -> None:
@@ -109,8 +139,6 @@ def test_backends_run_offline_writes_pairs_and_accuracy(tmp_path) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "accuracy per category" in out.stdout and "efficientnet-lite0" in out.stdout
-    from data.pairs import read_pairs
-
     pairs = read_pairs(out_path).rows
     assert len(pairs) == 4 and {p["backend"] for p in pairs} == {"efficientnet-lite0", "gemma3-270m+tags"}
     assert all(0.0 <= p["correct"] <= 1.0 and Path(p["image"]).is_file() for p in pairs)

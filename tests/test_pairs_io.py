@@ -233,8 +233,8 @@ def test_import_export_import_keeps_every_row(tmp_path, judged_store, capsys):
 
     export_two = tmp_path / "export2" / "pairs.jsonl"
     assert cli(["export", "--db", str(db_two), "--format", "jsonl", "--out", str(export_two)]) == 0
-    assert [json.loads(l) for l in export_two.read_text().splitlines()] == \
-           [json.loads(l) for l in export_one.read_text().splitlines()]
+    assert [json.loads(line) for line in export_two.read_text().splitlines()] == \
+           [json.loads(line) for line in export_one.read_text().splitlines()]
 
     # importing back into the first store skips what it already holds (its own judgments included)
     capsys.readouterr()

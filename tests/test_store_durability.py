@@ -125,7 +125,7 @@ def seeded(tmp_path):
 def test_acknowledged_judgments_survive_sigkill(seeded):
     path, ids = seeded
     rng = random.Random(3)
-    for round_ in range(2):
+    for _round in range(2):
         proc = subprocess.Popen(
             [sys.executable, "-c", CRASH_CHILD, str(path), ",".join(ids)], cwd=REPO, env=_env(), text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,0 +1,111 @@
+"""Statistics over the store's performance pairs and judgments: accuracy per backend and category, and
+the pairwise outcomes that Bradley-Terry ratings are fitted to (:mod:`data.ratings`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from itertools import combinations
+from typing import Any
+
+from sqlite_utils import Database
+
+from data.store_checks import BEST_SPECIAL, normalize_since
+from data.store_core import StoreCore, count_rows
+from data.store_pairs import pair_parts
+
+
+def stats_to_frame(stats: Mapping[str, Any]) -> Any:
+    """``Store.stats()`` as a DataFrame (backend, category, n, accuracy), for a caller that has the stats."""
+    import pandas as pd  # imported here: only the leaderboard and export need pandas
+
+    rows = [
+        {"backend": backend, "category": category, "n": cell["n"], "accuracy": cell["accuracy"]}
+        for category, per_backend in stats.get("categories", {}).items()
+        for backend, cell in per_backend.items()
+    ]
+    frame = pd.DataFrame(rows, columns=["backend", "category", "n", "accuracy"])
+    return frame.sort_values(["backend", "category"], ignore_index=True)
+
+
+class StatsTables(StoreCore):
+    """Read-only summaries: ``stats``, ``stats_frame``, ``pairwise_outcomes``."""
+
+    def stats(self, *, source: str | None = "judgment") -> dict[str, Any]:
+        """Counts, and accuracy per backend and per (category, backend), over performance pairs.
+
+        ``source="judgment"`` (the default) counts human judgments only; "benchmark" imported
+        benchmark pairs; None both. Each judged (query, backend) counts once, with the mean of its
+        verdicts. Categories without a value are reported as "unknown".
+        """
+        parts = pair_parts(source, None, None, scores_only=True)
+
+        def read(db: Database) -> dict[str, Any]:
+            union = " UNION ALL ".join(
+                f"SELECT backend, category, correct FROM ({sql})" for _, sql, _ in parts
+            )
+            params = [p for _, _, ps in parts for p in ps]
+            grouped = db.execute(
+                f"SELECT backend, COALESCE(category, 'unknown'), COUNT(*), SUM(correct) FROM ({union}) "
+                "GROUP BY 1, 2 ORDER BY 1, 2",
+                params,
+            ).fetchall()
+            best = dict(db.execute(
+                "SELECT best, COUNT(*) FROM judgments WHERE best IS NOT NULL GROUP BY best"
+            ).fetchall()) if source in (None, "judgment") else {}
+            return {"grouped": grouped, "counts": count_rows(db), "best": best}
+
+        raw = self._read(read)
+        backends: dict[str, dict[str, Any]] = {}
+        categories: dict[str, dict[str, dict[str, Any]]] = {}
+        for backend, category, n, total in raw["grouped"]:
+            entry = backends.setdefault(backend, {"n": 0, "correct": 0.0})
+            entry["n"] += n
+            entry["correct"] += total
+            categories.setdefault(category, {})[backend] = {"n": n, "correct": total, "accuracy": total / n}
+        for backend, entry in backends.items():
+            entry["accuracy"] = entry["correct"] / entry["n"]
+            entry["best"] = raw["best"].get(backend, 0)
+        return {
+            "source": source or "all",
+            "counts": raw["counts"],
+            "backends": dict(sorted(backends.items())),
+            "categories": dict(sorted(categories.items())),
+            # judgments whose best was not a backend
+            "best_other": {k: raw["best"].get(k, 0) for k in BEST_SPECIAL},
+        }
+
+    def stats_frame(self, *, source: str | None = "judgment") -> Any:
+        """A pandas DataFrame with columns backend, category, n, accuracy (one row per pair)."""
+        return stats_to_frame(self.stats(source=source))
+
+    def pairwise_outcomes(self, *, since: Any = None) -> list[tuple[str, str, float]]:
+        """Battles for Bradley-Terry from judgments that chose a best answer.
+
+        best = X: (X, Y, 1.0) for every other backend Y that answered the query. "tie" and
+        "all_wrong" (FastChat's "both bad"): (A, B, 0.5) for every pair of backends that answered,
+        A < B. Oldest judgment first.
+        """
+        since_iso = normalize_since(since)
+
+        def read(db: Database) -> list[tuple[str, str, float]]:
+            judged = db.execute(
+                "SELECT query_id, best FROM judgments WHERE best IS NOT NULL "
+                "AND (? IS NULL OR created_at >= ?) ORDER BY id",
+                [since_iso, since_iso],
+            ).fetchall()
+            answered: dict[str, list[str]] = {}
+            for query_id, backend in db.execute(
+                "SELECT query_id, backend FROM answers WHERE query_id IN "
+                "(SELECT query_id FROM judgments WHERE best IS NOT NULL) ORDER BY query_id, backend"
+            ):
+                answered.setdefault(query_id, []).append(backend)
+            outcomes: list[tuple[str, str, float]] = []
+            for query_id, best in judged:
+                backends = answered.get(query_id, [])
+                if best in BEST_SPECIAL:
+                    outcomes.extend((a, b, 0.5) for a, b in combinations(backends, 2))
+                else:
+                    outcomes.extend((best, other, 1.0) for other in backends if other != best)
+            return outcomes
+
+        return self._read(read)
