@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from components.runtime import Runtime
+from components.study_panel import headline_ratings_figure
 from data.ratings import bradley_terry_with_ci
 from data.store import stats_to_frame
 
@@ -72,7 +73,7 @@ def ratings_figure(outcomes: list[tuple[str, str, float]], names: list[str]):
 def versions_figure(versions: list[dict[str, Any]]):
     import plotly.graph_objects as go
 
-    """``versions``: ``RouterHolder.versions()`` rows, which carry the held-out metrics flat."""
+    """``versions``: ``RouterService.versions()`` rows, which carry the held-out metrics flat."""
     rows = [v for v in versions if v.get("routed_accuracy") is not None]
     if not rows:
         return _empty_figure("No trained router versions with held-out metrics yet.")
@@ -125,7 +126,7 @@ class LeaderboardView:
         return [
             counts_markdown(stats),
             accuracy_figure(stats_to_frame(stats)),  # the stats already read, not a second query
-            ratings_figure(store.pairwise_outcomes(), self.names),
+            headline_ratings_figure(store, self.names),  # fair (blind) votes; all while none is blind
             versions_figure(versions),
             reliability_figure(self.runtime.router.card()),
             self._version_choices(versions),
@@ -138,7 +139,7 @@ class LeaderboardView:
     def retrain(self, force: bool, progress=None) -> str:
         try:
             report = self.runtime.router.retrain(force=force, progress=progress)
-        except Exception as exc:  # noqa: BLE001 - any training failure becomes a message
+        except Exception as exc:  # any training failure becomes a message
             log.exception("retrain failed")
             return f"⚠️ Retraining failed: {html.escape(str(exc))}"
         return report
@@ -148,7 +149,7 @@ class LeaderboardView:
             return "Pick a version to roll back to."
         try:
             self.runtime.router.activate(version)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # an unknown or broken version becomes a message
             return f"⚠️ Could not activate {html.escape(version)}: {html.escape(str(exc))}"
         return f"✓ Router {html.escape(version)} is now active."
 

@@ -12,9 +12,10 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -25,8 +26,12 @@ from backends.presets import Preset, load_preset
 from backends.registry import build_backends
 from backends.run_all import BackendRunner
 from backends.shared import SharedModels
+from router.base import choices_from_backends
+from router.service import RouterService
 
 log = logging.getLogger("routelens")
+#: The repository root: a preset's ``[router] pairs`` paths are relative to it.
+ROOT = Path(__file__).resolve().parent.parent
 
 #: Questions longer than this are refused (a page is not a prompt-injection playground).
 MAX_QUESTION_INPUT_CHARS = 10_000
@@ -132,9 +137,16 @@ class Runtime:
         self.runner = BackendRunner(self.backends)
         self._compare_slots = threading.BoundedSemaphore(max(1, config.max_concurrent_compares))
         self.store, self.store_notice = self._open_store()
-        from components.router_holder import RouterHolder
-
-        self.router = RouterHolder(self)
+        self.router = RouterService(
+            backends=lambda: choices_from_backends(self.backends),
+            failed_backends=self._failed_backends,
+            text_encoder=self._router_text_encoder,
+            image_features=self._router_image_features,
+            store=self.store,
+            versions_dir=config.resolved_db_path.parent / "routers",
+            pairs=[ROOT / p for p in self.preset.router.get("pairs", [])],
+            default_lambda=config.default_lambda,
+        )
         self._loader: threading.Thread | None = None
 
     # ---------------------------------------------------------------- start-up
@@ -147,6 +159,30 @@ class Runtime:
         except (StoreError, OSError) as exc:
             log.error("database unavailable: %s", exc)
             return None, f"Judgments cannot be saved: {exc}"
+
+    # ---------------------------------------------------------------- what the router service is given
+    def _failed_backends(self) -> set[str]:
+        return {b.name for b in self.backends if b.describe().status == "failed"}
+
+    def _router_text_encoder(self) -> Any:
+        """MiniLM from the shared pool, so the label mapper and the router load it once."""
+        from backends.text_encoder import shared_text_encoder
+        from router.features import MiniLMTextEncoder
+
+        return self.shared.get("router:minilm", lambda: MiniLMTextEncoder(model=shared_text_encoder(self.shared).model))
+
+    def _router_image_features(self) -> tuple[Callable[[Any], Any], str] | None:
+        """The ``embed_image`` of the preset's ``[router] image_features`` backend (loaded), and its name."""
+        name = self.preset.router.get("image_features")
+        if not name:
+            return None
+        try:
+            backend = self.backend(name)
+        except KeyError:
+            return None
+        if not hasattr(backend, "embed_image") or not backend.load():
+            return None
+        return backend.embed_image, backend.name
 
     def start_loading(self) -> threading.Thread:
         """Load every backend and the router in the background; the page is usable meanwhile."""
@@ -273,7 +309,7 @@ class Runtime:
             return None
         try:
             return action()
-        except Exception as exc:  # noqa: BLE001 - the answers still reach the person
+        except Exception as exc:  # the answers still reach the person
             log.error("could not record %s: %s", what, exc)
             message = f"This {what} was not recorded: {exc}"
             if message not in result.notices:
@@ -291,8 +327,14 @@ class Runtime:
         annotator: str = "anonymous",
         session_id: str | None = None,
         client_key: str | None = None,
+        blind: bool = False,
+        guidelines_id: int | None = None,
     ) -> int:
-        """Store a judgment; returns rows saved. Raises ValueError (bad input) or JudgmentNotSaved."""
+        """Store a judgment; returns rows saved. Raises ValueError (bad input) or JudgmentNotSaved.
+
+        ``blind``: the judge did not see which model gave which answer; such a judgment is stored as not
+        anonymous when an answer names its own model (:meth:`identity_flag`). ``guidelines_id``: the
+        guidelines version the judge was shown."""
         if self.store is None:
             from data.store import JudgmentNotSaved
 
@@ -308,7 +350,25 @@ class Runtime:
             annotator=(annotator or "anonymous").strip()[:100] or "anonymous",
             session_id=session_id,
             client_key=client_key or uuid.uuid4().hex,
+            blind=bool(blind),
+            flag_reason=self.identity_flag(query_id) if blind else None,
+            guidelines_id=guidelines_id,
         )
+
+    def identity_flag(self, query_id: str) -> str | None:
+        """Why a blind judgment of this query would not be anonymous: an answer that names its own model
+        (see :mod:`components.blind`); None when none does or the query is unknown."""
+        from components.blind import self_identification
+
+        if self.store is None:
+            return None
+        try:
+            stored = self.store.query(query_id)
+        except (KeyError, ValueError):
+            return None
+        answers = {name: a.get("text") for name, a in stored["answers"].items() if not a.get("error")}
+        infos = {b.name: b.describe() for b in self.backends}
+        return self_identification(answers, infos, stored.get("labels") or [])
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"preset": self.preset.name, "router": self.router.describe()}

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from router.base import BackendChoice, RouterError
 
@@ -88,7 +89,7 @@ def _image_embedder(preset: Any, wanted: str) -> tuple[Callable[[Any], Any] | No
             _warn(f"backend {name} gives no image features; training on the question text only")
             return None, None
         return backend.embed_image, name
-    except Exception as exc:  # noqa: BLE001 - image features are optional
+    except Exception as exc:  # image features are optional
         _warn(f"image features from {name} unavailable ({exc}); training on the question text only")
         return None, None
 
@@ -100,7 +101,8 @@ def _text_encoder(name: str) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from router.training import TrainConfig, train_version
+    from router.lifecycle import train_version
+    from router.training import TrainConfig
 
     if not args.pairs and not args.db:
         raise RouterError("give --pairs PAIRS.jsonl, --db DB, or both")
@@ -154,7 +156,7 @@ def _resolve_router_dir(path: Path) -> Path:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from router.evaluation import evaluate
-    from router.training import build_table, heldout_mask
+    from router.table import build_table, heldout_mask
     from router.versions import load_router
 
     directory = _resolve_router_dir(Path(args.router))
@@ -208,7 +210,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from router.versions import VersionRegistry, rollback
+    from router.lifecycle import rollback
+    from router.versions import VersionRegistry
 
     if not args.db and not args.dir:
         raise RouterError("give --db DB or --dir DIR")
@@ -278,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # data.pairs.PairsError, unreadable files
         print(f"error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - the store's errors (data.store.StoreError) are for people too
+    except Exception as exc:  # the store's errors (data.store.StoreError) are for people too
         if type(exc).__module__.startswith("data."):
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
 from backends.base import KINDS
-
 
 #: What ``decide`` accepts as an image: a PIL image, a path to an image file, or nothing.
 ImageInput = Union["PIL.Image.Image", str, Path, None]  # noqa: F821 - PIL is imported lazily
@@ -49,7 +49,7 @@ class BackendChoice:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "BackendChoice":
+    def from_json(cls, data: dict[str, Any]) -> BackendChoice:
         return cls(
             name=str(data["name"]),
             kind=str(data["kind"]),
@@ -181,7 +181,7 @@ class Router(ABC):
         rows, cats = [], []
         per_item = {k: v for k, v in context.items() if isinstance(v, (list, tuple))}
         shared = {k: v for k, v in context.items() if k not in per_item}
-        for i, (image, question) in enumerate(zip(images, questions)):
+        for i, (image, question) in enumerate(zip(images, questions, strict=True)):
             extra = dict(shared, **{k: v[i] for k, v in per_item.items()})
             scores = self._score(image, question, **extra)
             rows.append(np.asarray(scores.probabilities, dtype=np.float64))
@@ -205,7 +205,7 @@ class Router(ABC):
         lam = self.lambda_cost if lambda_cost is None else float(lambda_cost)
         return np.asarray(choose_by_utility(utility_matrix(probabilities, self.costs, lam), self.costs))
 
-    def clear_caches(self) -> None:
+    def clear_caches(self) -> None:  # noqa: B027 - an optional hook, not an abstract one
         """Forget cached features (kinds with caches override it; used for cold-latency timing)."""
 
     # ------------------------------------------------------------------ the shared decision
@@ -235,7 +235,7 @@ class Router(ABC):
             utilities = utility_matrix(probs, self.costs, lam)
             index = self._choose(utilities, scores)
             category = scores.category
-        except Exception as exc:  # noqa: BLE001 - a decision must come back whatever failed
+        except Exception as exc:  # a decision must come back whatever failed
             probs = np.full(len(names), np.nan)
             utilities = np.full(len(names), np.nan)
             index = names.index(self.fallback_backend)
@@ -255,11 +255,11 @@ class Router(ABC):
         return Decision(
             choice=names[index],
             confidence=confidence,
-            probabilities={n: float(p) for n, p in zip(names, probs) if np.isfinite(p)},
+            probabilities={n: float(p) for n, p in zip(names, probs, strict=True) if np.isfinite(p)},
             category=category,
             version=self.version,
             latency_ms=latency_ms,
-            utilities={n: float(u) for n, u in zip(names, utilities) if np.isfinite(u)},
+            utilities={n: float(u) for n, u in zip(names, utilities, strict=True) if np.isfinite(u)},
             lambda_cost=lam,
             router_kind=self.kind,
             fallback=fallback,

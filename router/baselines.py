@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class Priors:
         return {"accuracy": self.accuracy, "accuracy_by_category": self.accuracy_by_category}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any] | None) -> "Priors":
+    def from_json(cls, data: Mapping[str, Any] | None) -> Priors:
         data = data or {}
         return cls(
             {k: float(v) for k, v in dict(data.get("accuracy", {})).items()},

@@ -142,7 +142,7 @@ def _pav(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     blocks_y: list[float] = []
     blocks_w: list[float] = []
     blocks_x: list[float] = []
-    for s, w, xsum in zip(sums, counts, xs_sum):
+    for s, w, xsum in zip(sums, counts, xs_sum, strict=True):
         blocks_y.append(s)
         blocks_w.append(w)
         blocks_x.append(xsum)
@@ -166,7 +166,7 @@ class Calibrator:
     knots_y: list[np.ndarray] = field(default_factory=list)
 
     @classmethod
-    def identity(cls, n_backends: int) -> "Calibrator":
+    def identity(cls, n_backends: int) -> Calibrator:
         return cls("identity", np.ones(n_backends), np.zeros(n_backends))
 
     def transform(self, logits: np.ndarray) -> np.ndarray:
@@ -183,13 +183,13 @@ class Calibrator:
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         tensors = {"calibration.scale": self.scale.astype(np.float64), "calibration.bias": self.bias.astype(np.float64)}
-        for j, (x, y) in enumerate(zip(self.knots_x, self.knots_y)):
+        for j, (x, y) in enumerate(zip(self.knots_x, self.knots_y, strict=True)):
             tensors[f"calibration.knots_x.{j}"] = x.astype(np.float64)
             tensors[f"calibration.knots_y.{j}"] = y.astype(np.float64)
         return tensors
 
     @classmethod
-    def from_tensors(cls, method: str, tensors: dict[str, np.ndarray], n_backends: int) -> "Calibrator":
+    def from_tensors(cls, method: str, tensors: dict[str, np.ndarray], n_backends: int) -> Calibrator:
         if method not in METHODS:
             raise ValueError(f"unknown calibration method {method!r}; valid: {', '.join(METHODS)}")
         scale = np.asarray(tensors.get("calibration.scale", np.ones(n_backends)), dtype=np.float64)

@@ -12,8 +12,9 @@ card (JSON) says how to rebuild the feature extractor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class HeadWeights:
         category = None if self.category_w is None else h @ self.category_w + self.category_b
         return backend, category
 
-    def select_backends(self, columns: Sequence[int]) -> "HeadWeights":
+    def select_backends(self, columns: Sequence[int]) -> HeadWeights:
         """Heads for a subset of the backends (when the app runs fewer backends than were trained)."""
         cols = list(columns)
         return HeadWeights(
@@ -81,7 +82,7 @@ class HeadWeights:
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> "HeadWeights":
+    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> HeadWeights:
         try:
             weights = cls(
                 mean=tensors["input.mean"],
@@ -160,7 +161,7 @@ class EmbeddingRouter(Router):
             if cache is not None:
                 cache.clear()
 
-    def restrict(self, names: Sequence[str]) -> "EmbeddingRouter":
+    def restrict(self, names: Sequence[str]) -> EmbeddingRouter:
         """A copy that chooses only among ``names`` (a subset of this router's backends, in any order)."""
         index = {b.name: i for i, b in enumerate(self.backends)}
         missing = [n for n in names if n not in index]
@@ -189,7 +190,7 @@ class EmbeddingRouter(Router):
             fallback_backend=fallback,
         )
 
-    def with_costs(self, backends: Sequence[BackendChoice]) -> "EmbeddingRouter":
+    def with_costs(self, backends: Sequence[BackendChoice]) -> EmbeddingRouter:
         """Same heads, costs/descriptions/kinds taken from the app's backend list (matched by name)."""
         by_name = {b.name: b for b in backends}
         self.backends = [by_name.get(b.name, b) for b in self.backends]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def time_decisions(router: Router, images: Sequence[Any], questions: Sequence[st
     contexts = contexts or [{}] * len(questions)
     router.decide(images[0], questions[0], **contexts[0])  # loads lazy models; not timed
     times = []
-    for image, question, ctx in zip(images, questions, contexts):
+    for image, question, ctx in zip(images, questions, contexts, strict=True):
         router.clear_caches()
         start = time.perf_counter()
         router.decide(image, question, **ctx)
@@ -112,9 +113,9 @@ def evaluate(
     costs = router.costs
 
     # Baselines on the same rows.
-    priors = _priors_of(router) or Priors({b: float(a) for b, a in zip(names, per_backend)}, {})
+    priors = _priors_of(router) or Priors({b: float(a) for b, a in zip(names, per_backend, strict=True)}, {})
     rule = CategoryRuleRouter(router.backends, priors=priors)
-    rule_cats = [c or classify_question(q) for c, q in zip(given_cats, questions)]
+    rule_cats = [c or classify_question(q) for c, q in zip(given_cats, questions, strict=True)]
     rule_choice = rule.choose_batch(probs, categories=rule_cats)
     rule_acc = float(y[np.arange(n), rule_choice].mean())
 
@@ -137,12 +138,12 @@ def evaluate(
         "reliability": reliability_bins(probs, y),
         "mean_cost": _round(float(costs[choice].mean()), 6),
         "best_single_cost": _round(float(costs[int(np.argmax(per_backend))]), 6),
-        "per_backend_accuracy": {b: _round(float(a)) for b, a in zip(names, per_backend)},
+        "per_backend_accuracy": {b: _round(float(a)) for b, a in zip(names, per_backend, strict=True)},
         "choice_share": {b: _round(float((choice == j).mean())) for j, b in enumerate(names)},
     }
     gap = float(best.mean() - per_backend.max())
     report["gap_closed"] = _round((float(chosen.mean()) - float(per_backend.max())) / gap) if gap > 1e-9 else None
-    known = [(p, c) for p, c in zip(pred_cats, given_cats) if c is not None and p is not None]
+    known = [(p, c) for p, c in zip(pred_cats, given_cats, strict=True) if c is not None and p is not None]
     report["category_accuracy"] = _round(float(np.mean([p == c for p, c in known]))) if known else None
 
     if timing_sample > 0:

@@ -20,9 +20,10 @@ import importlib
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -107,7 +108,7 @@ class HashingTextEncoder:
 
     def _vector(self, text: str) -> np.ndarray:
         tokens = _TOKEN.findall(text.lower())
-        grams = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
+        grams = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
         vec = np.zeros(self.dim, dtype=np.float32)
         for gram in grams:
             digest = hashlib.blake2b(gram.encode("utf-8"), digest_size=8).digest()
@@ -144,7 +145,7 @@ def encode_with_cache(
             out[i] = cached
     if missing:
         unique = list(missing)
-        for text, vec in zip(unique, encode_uncached(unique)):
+        for text, vec in zip(unique, encode_uncached(unique), strict=True):
             cache.put(text, vec)
             out[missing[text]] = vec
     return out
@@ -299,7 +300,7 @@ class FeatureConfig:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "FeatureConfig":
+    def from_json(cls, data: dict[str, Any]) -> FeatureConfig:
         return cls(
             text_encoder=dict(data["text_encoder"]),
             text_dim=int(data["text_dim"]),

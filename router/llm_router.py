@@ -12,8 +12,9 @@ that ``backends.gemma_cache`` builds from the PyPI GGUF. Nothing here reaches th
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -206,7 +207,7 @@ class LLMTextEncoder:
         self._cache = LRUCache(cache_size)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], **overrides: Any) -> "LLMTextEncoder":
+    def from_config(cls, config: dict[str, Any], **overrides: Any) -> LLMTextEncoder:
         kwargs: dict[str, Any] = {
             "model_dir": config.get("model_dir"),
             "dim": config.get("dim"),

@@ -1,4 +1,4 @@
-"""Router versions: save / load one version, an index of versions, promotion, rollback, safe loading.
+"""Router versions on disk: save / load one version, and the registry of versions and which one is active.
 
 A version is a folder ``<root>/<version>/`` holding ``router.safetensors`` (head and calibration
 arrays) and ``card.json`` (everything else, including the sha256 of the weights so a corrupt or
@@ -7,8 +7,7 @@ active, with a history of activations. When the app runs with a SQLite store, th
 ``router_versions`` table is kept in step and is the source of truth for which version is active;
 without one the JSON index is.
 
-``load_active_router`` never fails: if the active version cannot be loaded it tries earlier versions
-(newest first) and finally the category rule, and returns a notice the app shows.
+Deciding what to promote, rolling back and choosing what the app serves is :mod:`router.lifecycle`'s job.
 """
 
 from __future__ import annotations
@@ -20,9 +19,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -261,7 +261,7 @@ class VersionRegistry:
         return data if isinstance(data, dict) and "versions" in data else self._rebuild_index()
 
     def _rebuild_index(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"format": 1, "active": None, "versions": [], "history": [{"at": _now(), "event": "index rebuilt from folders"}]}
+        data: dict[str, Any] = {"format": 1, "active": None, "versions": [], "history": [{"at": utc_now(), "event": "index rebuilt from folders"}]}
         if self.root is None or not self.root.is_dir():
             return data
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -345,7 +345,7 @@ class VersionRegistry:
             data["versions"] = [e for e in data["versions"] if e["version"] != version] + [_index_entry(card, rel)]
             if active:
                 data["active"] = version
-                data.setdefault("history", []).append({"at": _now(), "active": version, "reason": reason or "promoted"})
+                data.setdefault("history", []).append({"at": utc_now(), "active": version, "reason": reason or "promoted"})
             self._write_index(data)
         if self.store is not None:
             self.store.record_router_version(version, str(directory.resolve()), _clean_json(dict(card)), active=active)
@@ -359,13 +359,14 @@ class VersionRegistry:
         if self.root is not None:
             data = self._read_index()
             data["active"] = version
-            data.setdefault("history", []).append({"at": _now(), "active": version, "reason": reason or "set active"})
+            data.setdefault("history", []).append({"at": utc_now(), "active": version, "reason": reason or "set active"})
             self._write_index(data)
         if self.store is not None:
             self.store.set_active_router(version)
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The current time, UTC, as the index and the cards write it."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
@@ -376,7 +377,7 @@ def _index_entry(card: Mapping[str, Any], path: str) -> dict[str, Any]:
         "version": card["version"],
         "path": path,
         "kind": card.get("kind", "?"),
-        "created_at": card.get("created_at", _now()),
+        "created_at": card.get("created_at", utc_now()),
         "text_only": card.get("text_only"),
         "metrics": {k: metrics.get(k) for k in keep},
     }
@@ -394,202 +395,17 @@ def check_version_files(directory: str | Path) -> dict[str, Any]:
     return card
 
 
-# ============================================================================ promotion and loading
-@dataclass
-class PromotionResult:
-    version: str
-    path: Path
-    promoted: bool
-    reason: str
-    candidate_metrics: dict[str, Any]
-    active_metrics: dict[str, Any] | None
-
-
-def register_and_promote(
-    registry: VersionRegistry,
-    result: Any,  # router.training.TrainResult
-    out_dir: str | Path,
-    *,
-    force: bool = False,
-    load_kwargs: Mapping[str, Any] | None = None,
-) -> PromotionResult:
-    """Save a trained router as a version and make it active only if it beats the active one.
-
-    "Beats" = higher routed accuracy on the candidate's held-out queries (the same rows for both;
-    the image split is stable, so the active version did not train on them either when it used the
-    same split salt). Ties keep the active version. ``force`` promotes regardless.
-    """
-    from router.evaluation import evaluate
-
-    router = result.router
-    path = save_router(router, Path(out_dir) / router.version)
-    candidate = result.card["metrics"]
-    active_version = registry.active_version()
-    active_metrics: dict[str, Any] | None = None
-    if active_version is None:
-        promoted, reason = True, "no active router yet"
-    else:
-        try:
-            active = load_router(registry.path_of(active_version), **dict(load_kwargs or {}))
-            rows = _common_rows(result.table, result.heldout_index, router.backend_names + active.backend_names)
-            if rows.size == 0:
-                raise RouterError("no held-out query has results for the backends of both routers")
-            position = {q: i for i, q in enumerate(result.heldout_index)}
-            feats = result.features[result.heldout_index][[position[q] for q in rows]]
-            active_metrics = evaluate(active, result.table, rows, lambda_cost=router.lambda_cost, timing_sample=0)
-            cand = evaluate(router, result.table, rows, features=feats, timing_sample=0)
-            promoted = (cand["routed_accuracy"] or 0.0) > (active_metrics["routed_accuracy"] or 0.0) + 1e-9
-            reason = (
-                f"routed accuracy on the same {cand['n_queries']} held-out queries: candidate {cand['routed_accuracy']:.4f} "
-                f"vs active {active_version} {active_metrics['routed_accuracy']:.4f}"
-            )
-        except Exception as exc:  # noqa: BLE001 - an unusable active router must not block a new one
-            promoted, reason = True, f"the active router {active_version} could not be evaluated ({exc})"
-        if force and not promoted:
-            promoted, reason = True, "forced; " + reason
-    registry.record(path, _with_promotion(result.card, promoted, reason), active=promoted, reason=reason)
-    return PromotionResult(router.version, path, promoted, reason, candidate, active_metrics)
-
-
-def _common_rows(table: Any, index: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """Rows of ``index`` with a result for every backend in ``names`` that the table has."""
-    cols = [table.backends.index(n) for n in dict.fromkeys(names) if n in table.backends]
-    ok = np.isfinite(table.correct[np.asarray(index)][:, cols]).all(axis=1)
-    return np.asarray(index)[ok]
-
-
-def _with_promotion(card: Mapping[str, Any], promoted: bool, reason: str) -> dict[str, Any]:
-    out = dict(card)
-    out["promotion"] = {"promoted": promoted, "reason": reason, "at": _now()}
-    return out
-
-
-def rollback(registry: VersionRegistry, version: str) -> str:
-    """Make an earlier (or any) version active again; returns a one-line message."""
-    previous = registry.active_version()
-    registry.set_active(version, reason=f"rollback from {previous}")
-    return f"router version {version} is active (was {previous})"
-
-
-def load_active_router(
-    root: str | Path | None = None,
-    store: Any | None = None,
-    *,
-    backends: Sequence[BackendChoice],
-    text_encoder: Any | None = None,
-    image_embedder: Callable[[Any], np.ndarray] | None = None,
-    llm_loader: Callable[[], tuple[Any, Any]] | None = None,
-    llm_model_dir: str | Path | None = None,
-    lambda_cost: float | None = None,
-) -> tuple[Router, str | None]:
-    """The router the app should serve, and a notice to show (None when all is as expected).
-
-    Order: the active version; if it cannot be loaded, earlier versions newest first; if none loads
-    (or there are none), the category rule over ``backends``. Never raises for missing or corrupt
-    files; ``backends`` is required so the last resort always exists.
-    """
-    from router.baselines import CategoryRuleRouter
-
-    notices: list[str] = []
-    kwargs = dict(
-        backends=backends, text_encoder=text_encoder, image_embedder=image_embedder,
-        llm_loader=llm_loader, llm_model_dir=llm_model_dir, lambda_cost=lambda_cost,
-    )
-    entries: list[VersionEntry] = []
-    active: str | None = None
-    if root is not None or store is not None:
-        try:
-            registry = VersionRegistry(root, store)
-            entries = registry.versions()
-            active = registry.active_version()
-        except Exception as exc:  # noqa: BLE001 - a broken index must not stop the app
-            notices.append(f"router versions could not be read ({exc.__class__.__name__}: {exc})")
-    order = [e for e in entries if e.version == active] + [e for e in reversed(entries) if e.version != active]
-    for entry in order:
-        try:
-            router = load_router(entry.path, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - try the next version
-            notices.append(f"router version {entry.version} could not be loaded: {exc}")
-            continue
-        if entry.version != active:
-            notices.append(f"using the previous router version {entry.version} instead")
-        notices.extend(_compat_notices(router, backends, image_embedder))
-        return router, "; ".join(notices) or None
-    names = ", ".join(b.name for b in backends)
-    if not entries and not notices:
-        notices.append("no trained router yet")
-    notices.append(f"routing by the category rule (recognition -> vlm, else vlm+llm) over {names}")
-    return CategoryRuleRouter(backends, version="category-rule"), "; ".join(notices)
-
-
-def ensure_router(
-    root: str | Path,
-    store: Any | None = None,
-    *,
-    backends: Sequence[BackendChoice],
-    pairs: Sequence[str | Path] = (),
-    text_encoder: Any | None = None,
-    image_embedder: Callable[[Any], np.ndarray] | None = None,
-    image_embedder_name: str | None = None,
-    lambda_cost: float | None = None,
-) -> tuple[Router, str | None]:
-    """``load_active_router``, but first builds a default router when there is no version at all.
-
-    The app calls this at start with the preset's shipped pairs file (and its store): the first run
-    trains a router from them (seconds to a minute on this CPU, see docs/router.md), every later run
-    just loads it. Any failure only adds to the notice; the category rule is the last resort.
-    """
-    notices: list[str] = []
-    try:
-        has_versions = bool(VersionRegistry(root, store).versions())
-    except Exception:  # noqa: BLE001 - load_active_router reports unreadable versions itself
-        has_versions = True
-    if not has_versions and (pairs or store is not None):
-        from router.training import train_version
-
-        try:
-            outcome = train_version(
-                out_dir=root, pairs=[p for p in pairs if Path(p).is_file()], store=store, backends=backends,
-                text_encoder=text_encoder, image_embedder=image_embedder, image_embedder_name=image_embedder_name,
-                strict=False,
-            )
-            notices.append(f"built the first router {outcome.version} from {outcome.card['data']['pair_rows']} pair rows")
-        except Exception as exc:  # noqa: BLE001 - the app must start anyway
-            notices.append(f"could not build a first router: {exc}")
-    router, notice = load_active_router(
-        root, store, backends=backends, text_encoder=text_encoder, image_embedder=image_embedder, lambda_cost=lambda_cost
-    )
-    if notice:
-        notices.append(notice)
-    return router, "; ".join(notices) or None
-
-
-def _compat_notices(router: Router, backends: Sequence[BackendChoice], image_embedder: Any) -> list[str]:
-    out = []
-    unknown = [b.name for b in backends if b.name not in router.backend_names]
-    if unknown:
-        out.append(f"router {router.version} was not trained on {', '.join(unknown)}, so it never picks them; retrain to include them")
-    card = getattr(router, "card", {}) or {}
-    if card and not card.get("text_only", True) and image_embedder is None:
-        out.append(f"router {router.version} was trained with image features but none were given; it routes on the question only")
-    return out
-
-
 __all__ = [
     "CARD_FILE",
     "INDEX_FILE",
-    "PromotionResult",
     "ROUTER_KINDS",
     "RouterLoadError",
     "VersionEntry",
     "VersionRegistry",
     "WEIGHTS_FILE",
     "check_version_files",
-    "ensure_router",
-    "load_active_router",
     "load_router",
     "read_card",
-    "register_and_promote",
-    "rollback",
     "save_router",
+    "utc_now",
 ]

@@ -120,7 +120,7 @@ def make_bench_pairs(folder: Path, n_images: int, questions_per_image: int, seed
                     question = question.rstrip("?") + " in this cluttered picture?"
                 logits = _logit(ACCURACY[c]) - DIFFICULTY_WEIGHT * difficulty - DARK_PENALTY * dark
                 p_correct = 1 / (1 + np.exp(-logits))
-                true_p[f"q{i}-{k}"] = {b.name: float(v) for b, v in zip(BACKENDS, p_correct)}
+                true_p[f"q{i}-{k}"] = {b.name: float(v) for b, v in zip(BACKENDS, p_correct, strict=True)}
                 correct = rng.random(len(BACKENDS)) < p_correct
                 for b, backend in enumerate(BACKENDS):
                     handle.write(json.dumps({
@@ -138,10 +138,11 @@ def colour_histogram(image: Any) -> np.ndarray:
 
 
 def part_a(args: argparse.Namespace) -> dict[str, Any]:
-    from router.baselines import CategoryRuleRouter, HuggingGPTRouter, OracleRouter, RandomRouter, BestSingleRouter, Priors
+    from router.baselines import BestSingleRouter, CategoryRuleRouter, HuggingGPTRouter, OracleRouter, Priors, RandomRouter
     from router.evaluation import evaluate, side_by_side
     from router.features import MiniLMTextEncoder
-    from router.training import TrainConfig, build_table, train_router
+    from router.table import build_table
+    from router.training import TrainConfig, train_router
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,7 +231,8 @@ def part_a(args: argparse.Namespace) -> dict[str, Any]:
 def part_b_child(rows: int, n_backends: int, seed: int, dim: int, from_jsonl: bool = False) -> dict[str, Any]:
     """Runs in its own process: generate 2.5M pair rows as arrays, then time the training."""
     from router.features import MiniLMTextEncoder
-    from router.training import PairTable, TrainConfig, train_router
+    from router.table import PairTable
+    from router.training import TrainConfig, train_router
 
     rng = np.random.default_rng(seed)
     n_queries = rows // n_backends
@@ -265,13 +267,13 @@ def part_b_child(rows: int, n_backends: int, seed: int, dim: int, from_jsonl: bo
     jsonl_info: dict[str, Any] = {}
     if from_jsonl:
         # The same rows as a real pairs file (written untimed), then read through build_table.
-        from router.training import build_table
+        from router.table import build_table
 
         tmp = tempfile.TemporaryDirectory()
         path = Path(tmp.name) / "pairs.jsonl"
         t = time.perf_counter()
         with open(path, "w", encoding="utf-8") as handle:
-            for q, b, y in zip(q_index.tolist(), b_index.tolist(), correct.tolist()):
+            for q, b, y in zip(q_index.tolist(), b_index.tolist(), correct.tolist(), strict=True):
                 handle.write(json.dumps({
                     "query_id": query_ids[q], "question": f"question {q}", "image": None,
                     "image_sha256": f"{q // 2:064x}", "category": categories[q], "backend": names[b],

@@ -242,7 +242,8 @@ def test_database_unusable_at_start_the_app_still_answers(tmp_path) -> None:
 def _corrupt_router_dir(versions: Path, how: str) -> str:
     """A version folder the registry lists as active, with a damaged card or weights."""
     from router.features import HashingTextEncoder
-    from router.training import TrainConfig, train_version
+    from router.lifecycle import train_version
+    from router.training import TrainConfig
     from tests.test_router_support import BACKENDS, make_pairs, write_jsonl
 
     pairs = write_jsonl(make_pairs(80, seed=1), versions.parent / "pairs.jsonl")

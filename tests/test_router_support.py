@@ -136,7 +136,7 @@ def tiny_lm(words: list[str] | None = None) -> tuple[Any, Any]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = Gemma3ForCausalLM(config)
-    except Exception:  # noqa: BLE001 - an older transformers without Gemma 3: Llama has the same interface
+    except Exception:  # an older transformers without Gemma 3: Llama has the same interface
         from transformers import LlamaConfig, LlamaForCausalLM
 
         config = LlamaConfig(

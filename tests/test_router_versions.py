@@ -8,25 +8,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data.store import Store
 from router.base import BackendChoice
 from router.baselines import CategoryRuleRouter
 from router.features import HashingTextEncoder
-from router.training import TrainConfig, train_version
-from router.versions import (
-    INDEX_FILE,
-    VersionRegistry,
-    load_active_router,
-    load_router,
-    read_card,
-    rollback,
-)
+from router.lifecycle import TrainOutcome, ensure_router, load_active_router, rollback, train_version
+from router.training import TrainConfig
+from router.versions import INDEX_FILE, VersionRegistry, load_router, read_card
 from tests.test_router_support import BACKENDS, make_pairs, write_jsonl
 
 FAST = TrainConfig(timing_sample=0)
 
 
-def _train(out: Path, pairs: Path, **kwargs) -> object:  # type: ignore[no-untyped-def]
-    return train_version(out_dir=out, pairs=[pairs], backends=BACKENDS, config=kwargs.pop("config", FAST), text_encoder=HashingTextEncoder(), **kwargs)
+class BlindTextEncoder:
+    """Every question becomes the same vector: a router that cannot tell one question from another."""
+
+    name = "blind"
+    dim = 8
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.ones((len(texts), self.dim), dtype=np.float32)
+
+    def config(self) -> dict[str, object]:
+        return {"name": self.name, "dim": self.dim}
+
+
+def _train(out: Path, pairs: Path, **kwargs) -> TrainOutcome:  # type: ignore[no-untyped-def]
+    kwargs.setdefault("config", FAST)
+    kwargs.setdefault("text_encoder", HashingTextEncoder())
+    return train_version(out_dir=out, pairs=[pairs], backends=BACKENDS, **kwargs)
 
 
 @pytest.fixture()
@@ -80,8 +90,27 @@ def test_train_evaluate_promote_rollback_cycle(tmp_path: Path, good_pairs: Path,
     assert router.version == first.version and notice is None
     history = json.loads((out / INDEX_FILE).read_text())["history"]
     assert [h["active"] for h in history] == [first.version, forced.version, first.version]
+
+
+def test_only_the_better_router_is_promoted(tmp_path: Path, good_pairs: Path, noise_pairs: Path) -> None:
+    """Candidate and active are scored on the same held-out rows; the better one ends up active."""
+    out = tmp_path / "routers"
+    registry = VersionRegistry(out)
+    good = _train(out, good_pairs)
+    blind = _train(out, good_pairs, text_encoder=BlindTextEncoder())  # worse: it cannot read the question
+    assert not blind.promoted and blind.reason.startswith("routed accuracy on the same")
+    assert registry.active_version() == good.version
+    assert blind.active_metrics["n_queries"] == blind.card["metrics"]["n_queries"]  # the same rows for both
+    assert blind.active_metrics["routed_accuracy"] >= blind.card["metrics"]["routed_accuracy"] + 0.2
+
+    noise = _train(out, noise_pairs, force=True)  # a bad router made active by hand
+    assert registry.active_version() == noise.version
     better = _train(out, good_pairs, config=TrainConfig(timing_sample=0, seed=1))
-    assert better.reason.startswith("routed accuracy on the same")
+    assert better.promoted and better.reason.startswith("routed accuracy on the same")
+    assert registry.active_version() == better.version
+    assert better.card["metrics"]["routed_accuracy"] >= better.active_metrics["routed_accuracy"] + 0.2
+    router, notice = load_active_router(out, backends=BACKENDS)
+    assert router.version == better.version and notice is None
 
 
 def test_corrupt_active_version_falls_back_to_the_previous_one(tmp_path: Path, good_pairs: Path) -> None:
@@ -134,8 +163,7 @@ def test_unknown_app_backend_is_reported(tmp_path: Path, good_pairs: Path) -> No
 
 
 def test_versions_recorded_in_the_store(tmp_path: Path, good_pairs: Path) -> None:
-    store_mod = pytest.importorskip("data.store")
-    store = store_mod.Store.open(tmp_path / "routelens.db")
+    store = Store.open(tmp_path / "routelens.db")
     try:
         store.import_pairs(good_pairs)
         out = tmp_path / "routers"
@@ -159,8 +187,6 @@ def test_versions_recorded_in_the_store(tmp_path: Path, good_pairs: Path) -> Non
 
 
 def test_ensure_router_builds_a_first_version_once(tmp_path: Path, good_pairs: Path) -> None:
-    from router.versions import ensure_router
-
     out = tmp_path / "routers"
     router, notice = ensure_router(out, backends=BACKENDS, pairs=[good_pairs], text_encoder=HashingTextEncoder())
     assert router.kind == "embedding" and "built the first router" in notice

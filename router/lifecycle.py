@@ -1,0 +1,306 @@
+"""A router's life: train a version, save and register it, promote it only when it beats the active one, roll
+back, and load the router the app should serve (building a first one when there is none).
+
+This is orchestration over single-job modules: :mod:`router.table` (pairs -> table), :mod:`router.training`
+(the fit loop), :mod:`router.versions` (router files and the version registry), :mod:`router.evaluation`.
+``load_active_router`` and ``ensure_router`` never fail: if the active version cannot be loaded they try
+earlier versions (newest first) and finally the category rule, and return a notice the app shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.base import BackendChoice, Router, RouterError
+from router.baselines import CategoryRuleRouter
+from router.evaluation import evaluate
+from router.features import ImageEmbedder, TextEncoder
+from router.table import PairTable, build_table
+from router.training import TrainConfig, TrainResult, train_router
+from router.versions import VersionEntry, VersionRegistry, load_router, save_router, utc_now
+
+# ============================================================================ training a version
+_VLM_HINTS = ("clip", "siglip", "efficientnet", "vit", "resnet", "convnext", "dino")
+
+
+def infer_backends(table: PairTable) -> tuple[list[BackendChoice], str]:
+    """Backend choices guessed from the data when no list is given, and a warning saying so.
+
+    Kind: ``vlm`` when the name looks like a vision encoder, else ``vlm+llm``; cost: the mean latency.
+    """
+    out = []
+    for j, name in enumerate(table.backends):
+        kind = "vlm" if any(h in name.lower() for h in _VLM_HINTS) else "vlm+llm"
+        lat = table.latency[:, j]
+        cost = float(np.nanmean(lat)) if np.isfinite(lat).any() else 0.0
+        out.append(BackendChoice(name, kind, round(cost, 6)))
+    guessed = ", ".join(f"{b.name}={b.kind} (cost {b.cost:g}s)" for b in out)
+    return out, f"no backend list given: kinds guessed from names and costs from mean latency: {guessed}"
+
+
+@dataclass
+class TrainOutcome:
+    version: str
+    path: Path
+    promoted: bool
+    reason: str
+    card: dict[str, Any]
+    warnings: list[str]
+    #: The active version's metrics on the same held-out rows (None when there was no active version).
+    active_metrics: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        metrics = self.card.get("metrics", {})
+        return {
+            "version": self.version,
+            "path": str(self.path),
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "text_only": self.card.get("text_only"),
+            "data": self.card.get("data"),
+            "metrics": {k: metrics.get(k) for k in (
+                "routed_accuracy", "best_single_accuracy", "oracle_accuracy", "random_accuracy",
+                "category_rule_accuracy", "selection_accuracy", "ece", "mean_cost", "decision_ms_p50",
+            )},
+            "warnings": self.warnings,
+        }
+
+
+def train_version(
+    *,
+    out_dir: str | Path,
+    pairs: Sequence[str | Path] = (),
+    store: Any | None = None,
+    backends: Sequence[BackendChoice] | None = None,
+    config: TrainConfig | None = None,
+    force: bool = False,
+    strict: bool = True,
+    text_encoder: TextEncoder | None = None,
+    image_embedder: ImageEmbedder | None = None,
+    image_embedder_name: str | None = None,
+    llm_loader: Callable[[], tuple[Any, Any]] | None = None,
+    llm_model_dir: str | Path | None = None,
+) -> TrainOutcome:
+    """Pairs files and/or a Store -> a trained, saved version, promoted if it beats the active one.
+
+    ``out_dir`` is the versions folder (``<out_dir>/<version>/`` plus ``versions.json``); with a
+    ``store`` the version is also recorded in its ``router_versions`` table.
+    """
+    if not pairs and store is None:
+        raise RouterError("nothing to train on: give a pairs file, a store, or both")
+    config = config or TrainConfig()
+    table, warnings = build_table(pairs=pairs, store=store, backends=None if backends is None else [b.name for b in backends], strict=strict)
+    if backends is None:
+        backends, guess = infer_backends(table)
+        warnings.append(guess)
+    result = train_router(
+        table,
+        backends,
+        config=config,
+        text_encoder=text_encoder,
+        image_embedder=image_embedder,
+        image_embedder_name=image_embedder_name,
+        llm_loader=llm_loader,
+        llm_model_dir=llm_model_dir,
+        warnings=warnings,
+    )
+    registry = VersionRegistry(out_dir, store)
+    load_kwargs = {"text_encoder": result.router.extractor.text_encoder, "image_embedder": image_embedder,
+                   "llm_loader": llm_loader, "llm_model_dir": llm_model_dir}
+    promotion = register_and_promote(registry, result, out_dir, force=force, load_kwargs=load_kwargs)
+    return TrainOutcome(
+        promotion.version, promotion.path, promotion.promoted, promotion.reason, result.card, result.warnings,
+        promotion.active_metrics,
+    )
+
+
+# ============================================================================ promotion
+@dataclass
+class PromotionResult:
+    version: str
+    path: Path
+    promoted: bool
+    reason: str
+    candidate_metrics: dict[str, Any]
+    active_metrics: dict[str, Any] | None
+
+
+def register_and_promote(
+    registry: VersionRegistry,
+    result: TrainResult,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    load_kwargs: Mapping[str, Any] | None = None,
+) -> PromotionResult:
+    """Save a trained router as a version and make it active only if it beats the active one.
+
+    "Beats" = higher routed accuracy on the candidate's held-out queries (the same rows for both;
+    the image split is stable, so the active version did not train on them either when it used the
+    same split salt). Ties keep the active version. ``force`` promotes regardless.
+    """
+    router = result.router
+    path = save_router(router, Path(out_dir) / router.version)
+    candidate = result.card["metrics"]
+    active_version = registry.active_version()
+    active_metrics: dict[str, Any] | None = None
+    if active_version is None:
+        promoted, reason = True, "no active router yet"
+    else:
+        try:
+            active = load_router(registry.path_of(active_version), **dict(load_kwargs or {}))
+            rows = _common_rows(result.table, result.heldout_index, router.backend_names + active.backend_names)
+            if rows.size == 0:
+                raise RouterError("no held-out query has results for the backends of both routers")
+            position = {q: i for i, q in enumerate(result.heldout_index)}
+            feats = result.features[result.heldout_index][[position[q] for q in rows]]
+            active_metrics = evaluate(active, result.table, rows, lambda_cost=router.lambda_cost, timing_sample=0)
+            cand = evaluate(router, result.table, rows, features=feats, timing_sample=0)
+            promoted = (cand["routed_accuracy"] or 0.0) > (active_metrics["routed_accuracy"] or 0.0) + 1e-9
+            reason = (
+                f"routed accuracy on the same {cand['n_queries']} held-out queries: candidate {cand['routed_accuracy']:.4f} "
+                f"vs active {active_version} {active_metrics['routed_accuracy']:.4f}"
+            )
+        except Exception as exc:  # an unusable active router must not block a new one
+            promoted, reason = True, f"the active router {active_version} could not be evaluated ({exc})"
+        if force and not promoted:
+            promoted, reason = True, "forced; " + reason
+    registry.record(path, _with_promotion(result.card, promoted, reason), active=promoted, reason=reason)
+    return PromotionResult(router.version, path, promoted, reason, candidate, active_metrics)
+
+
+def _common_rows(table: PairTable, index: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Rows of ``index`` with a result for every backend in ``names`` that the table has."""
+    cols = [table.backends.index(n) for n in dict.fromkeys(names) if n in table.backends]
+    ok = np.isfinite(table.correct[np.asarray(index)][:, cols]).all(axis=1)
+    return np.asarray(index)[ok]
+
+
+def _with_promotion(card: Mapping[str, Any], promoted: bool, reason: str) -> dict[str, Any]:
+    out = dict(card)
+    out["promotion"] = {"promoted": promoted, "reason": reason, "at": utc_now()}
+    return out
+
+
+def rollback(registry: VersionRegistry, version: str) -> str:
+    """Make an earlier (or any) version active again; returns a one-line message."""
+    previous = registry.active_version()
+    registry.set_active(version, reason=f"rollback from {previous}")
+    return f"router version {version} is active (was {previous})"
+
+
+def load_active_router(
+    root: str | Path | None = None,
+    store: Any | None = None,
+    *,
+    backends: Sequence[BackendChoice],
+    text_encoder: Any | None = None,
+    image_embedder: Callable[[Any], np.ndarray] | None = None,
+    llm_loader: Callable[[], tuple[Any, Any]] | None = None,
+    llm_model_dir: str | Path | None = None,
+    lambda_cost: float | None = None,
+) -> tuple[Router, str | None]:
+    """The router the app should serve, and a notice to show (None when all is as expected).
+
+    Order: the active version; if it cannot be loaded, earlier versions newest first; if none loads
+    (or there are none), the category rule over ``backends``. Never raises for missing or corrupt
+    files; ``backends`` is required so the last resort always exists.
+    """
+    notices: list[str] = []
+    kwargs = {
+        "backends": backends, "text_encoder": text_encoder, "image_embedder": image_embedder,
+        "llm_loader": llm_loader, "llm_model_dir": llm_model_dir, "lambda_cost": lambda_cost,
+    }
+    entries: list[VersionEntry] = []
+    active: str | None = None
+    if root is not None or store is not None:
+        try:
+            registry = VersionRegistry(root, store)
+            entries = registry.versions()
+            active = registry.active_version()
+        except Exception as exc:  # a broken index must not stop the app
+            notices.append(f"router versions could not be read ({exc.__class__.__name__}: {exc})")
+    order = [e for e in entries if e.version == active] + [e for e in reversed(entries) if e.version != active]
+    for entry in order:
+        try:
+            router = load_router(entry.path, **kwargs)
+        except Exception as exc:  # try the next version
+            notices.append(f"router version {entry.version} could not be loaded: {exc}")
+            continue
+        if entry.version != active:
+            notices.append(f"using the previous router version {entry.version} instead")
+        notices.extend(_compat_notices(router, backends, image_embedder))
+        return router, "; ".join(notices) or None
+    names = ", ".join(b.name for b in backends)
+    if not entries and not notices:
+        notices.append("no trained router yet")
+    notices.append(f"routing by the category rule (recognition -> vlm, else vlm+llm) over {names}")
+    return CategoryRuleRouter(backends, version="category-rule"), "; ".join(notices)
+
+
+def ensure_router(
+    root: str | Path,
+    store: Any | None = None,
+    *,
+    backends: Sequence[BackendChoice],
+    pairs: Sequence[str | Path] = (),
+    text_encoder: Any | None = None,
+    image_embedder: Callable[[Any], np.ndarray] | None = None,
+    image_embedder_name: str | None = None,
+    lambda_cost: float | None = None,
+) -> tuple[Router, str | None]:
+    """``load_active_router``, but first builds a default router when there is no version at all.
+
+    The app calls this at start with the preset's shipped pairs file (and its store): the first run
+    trains a router from them (seconds to a minute on this CPU, see docs/router.md), every later run
+    just loads it. Any failure only adds to the notice; the category rule is the last resort.
+    """
+    notices: list[str] = []
+    try:
+        has_versions = bool(VersionRegistry(root, store).versions())
+    except Exception:  # load_active_router reports unreadable versions itself
+        has_versions = True
+    if not has_versions and (pairs or store is not None):
+        try:
+            outcome = train_version(
+                out_dir=root, pairs=[p for p in pairs if Path(p).is_file()], store=store, backends=backends,
+                text_encoder=text_encoder, image_embedder=image_embedder, image_embedder_name=image_embedder_name,
+                strict=False,
+            )
+            notices.append(f"built the first router {outcome.version} from {outcome.card['data']['pair_rows']} pair rows")
+        except Exception as exc:  # the app must start anyway
+            notices.append(f"could not build a first router: {exc}")
+    router, notice = load_active_router(
+        root, store, backends=backends, text_encoder=text_encoder, image_embedder=image_embedder, lambda_cost=lambda_cost
+    )
+    if notice:
+        notices.append(notice)
+    return router, "; ".join(notices) or None
+
+
+def _compat_notices(router: Router, backends: Sequence[BackendChoice], image_embedder: Any) -> list[str]:
+    out = []
+    unknown = [b.name for b in backends if b.name not in router.backend_names]
+    if unknown:
+        out.append(f"router {router.version} was not trained on {', '.join(unknown)}, so it never picks them; retrain to include them")
+    card = getattr(router, "card", {}) or {}
+    if card and not card.get("text_only", True) and image_embedder is None:
+        out.append(f"router {router.version} was trained with image features but none were given; it routes on the question only")
+    return out
+
+
+__all__ = [
+    "PromotionResult",
+    "TrainOutcome",
+    "ensure_router",
+    "infer_backends",
+    "load_active_router",
+    "register_and_promote",
+    "rollback",
+    "train_version",
+]

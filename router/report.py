@@ -1,0 +1,42 @@
+"""The retrain report the Leaderboard tab shows: the new version's held-out metrics beside the active one's.
+
+Markdown text only (no UI library), so it is tested with the service and drawn by whichever page shows it.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from router.lifecycle import TrainOutcome
+
+#: Metrics shown side by side after a retrain.
+REPORT_METRICS = (
+    ("routed_accuracy", "routed accuracy"),
+    ("best_single_accuracy", "best single backend"),
+    ("oracle_accuracy", "oracle"),
+    ("ece", "calibration error (ECE)"),
+    ("selection_accuracy", "selection accuracy"),
+)
+
+
+def render_report(outcome: TrainOutcome) -> str:
+    """Markdown: the new version's held-out metrics beside the active one's, and the verdict."""
+    metrics = outcome.card.get("metrics", {}) or {}
+    previous = outcome.active_metrics or {}
+    rows = ["| metric | new " + html.escape(outcome.version) + " | active before |", "|---|---|---|"]
+    for key, label in REPORT_METRICS:
+        rows.append(f"| {label} | {_fmt(metrics.get(key))} | {_fmt(previous.get(key))} |")
+    verdict = "✓ **promoted**: it is now active." if outcome.promoted else "**kept the active router**."
+    data = outcome.card.get("data", {}) or {}
+    counts = f"{data.get('pair_rows', '?')} pair rows, {data.get('queries', '?')} queries"
+    warnings = "".join(f"\n- {html.escape(str(w))}" for w in (outcome.warnings or [])[:5])
+    notes = f"\n\nNotes:{warnings}" if warnings else ""
+    return f"{verdict} {html.escape(outcome.reason)} ({counts})\n\n" + "\n".join(rows) + notes
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+
+
+__all__ = ["REPORT_METRICS", "render_report"]
