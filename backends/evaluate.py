@@ -4,12 +4,12 @@ Rows are written as they come, so an interrupted run keeps what it finished. Eac
 pairs format's own validator and line writer (:mod:`data.pairs`), so the file is one that
 :func:`data.pairs.read_pairs` accepts; a row the format refuses (an empty question, a repeated item id)
 is left out and listed in the summary's ``skipped``. The summary is each backend's accuracy per category.
+Every row's ``image_sha256`` is the image's key (:func:`data.images.image_key`), the key the store and
+the dataset readers give the same photo, so a train/held-out split by image keeps a photo on one side.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +23,7 @@ from backends.images import ImageError, load_image
 from backends.run_all import BackendRunner
 from backends.scoring import score_answer
 from data.datasets import EvalItem
+from data.images import image_key
 from data.pairs import dump_pair, pair_key, validate_pair
 
 
@@ -59,18 +60,11 @@ class EvalSummary:
         return "\n".join(lines)
 
 
-def image_bytes_sha256(item_image: Any) -> tuple[str, str | None]:
-    """(sha256, path or None) of an item's image; decoded images are hashed as PNG bytes."""
-    if isinstance(item_image, (str, Path)):
-        data = Path(item_image).read_bytes()
-        return hashlib.sha256(data).hexdigest(), str(item_image)
-    buffer = io.BytesIO()
-    item_image.save(buffer, format="PNG")
-    return hashlib.sha256(buffer.getvalue()).hexdigest(), None
-
-
 def pair_row(item: EvalItem, answer: Answer, sha256: str, image_path: str | None) -> dict[str, Any]:
-    """One performance pair (the format of :mod:`data.pairs`; not validated here)."""
+    """One performance pair (the format of :mod:`data.pairs`; not validated here).
+
+    ``sha256`` is the image's key (:func:`data.images.image_key`), the one the store gives the same photo.
+    """
     text = answer.text or ""
     correct = 0.0 if answer.error else score_answer(text, item.accepted)
     return {
@@ -107,10 +101,13 @@ def run_eval(
             for item in progress(items):
                 try:
                     image = _item_image(item.image)
-                    sha256, path = image_bytes_sha256(item.image)
+                    # The key of the normalised image is the key of the file (item.image_sha256, the
+                    # store's): taken from the image already decoded, so the file is decoded once.
+                    sha256 = image_key(image)
                 except (ImageError, OSError) as exc:
                     summary.skipped.append(f"{item.id}: {exc}")
                     continue
+                path = str(item.image) if isinstance(item.image, (str, Path)) else None
                 summary.items += 1
                 for answer in runner.stream(image, item.question, item.labels):
                     try:

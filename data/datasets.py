@@ -1,6 +1,8 @@
 """Eval sets: the DESIGN.md JSONL format, a folder of images by class, easy-VQA, and hub datasets.
 
-Every source yields :class:`EvalItem` rows. A data spec string picks the source:
+Every source yields :class:`EvalItem` rows; ``item.image_sha256`` is the image's key
+(:func:`data.images.image_key`), the one the store and the eval runner's pairs give the same photo.
+A data spec string picks the source:
 ``path/to/file.jsonl``, ``path/to/folder``, ``easyvqa:test[:N]``, ``easyvqa:train[:N]``,
 ``hf:NAME:SPLIT[:N]`` (NAME may be a hub id or a folder saved with ``datasets``' ``save_to_disk``).
 """
@@ -10,8 +12,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from data.images import image_key
 
 CATEGORIES = (
     "object", "scene", "fine_grained", "attribute", "counting", "ocr", "spatial", "knowledge", "reasoning", "open",
@@ -35,6 +40,15 @@ class EvalItem:
     @property
     def accepted(self) -> list[str]:
         return [self.answer] if isinstance(self.answer, str) else list(self.answer)
+
+    @cached_property
+    def image_sha256(self) -> str:
+        """The image's key (:func:`data.images.image_key`), the one the store and the pairs give it.
+
+        Computed on first use (it decodes the image) and then kept. Raises
+        ``backends.images.ImageError`` (a ValueError) when the image is missing or unreadable.
+        """
+        return image_key(Path(self.image) if isinstance(self.image, str) else self.image)
 
 
 def _limit(spec_rest: str) -> int | None:

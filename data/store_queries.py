@@ -40,7 +40,12 @@ class QueryTables(StoreCore):
     # ---------------------------------------------------------------- images
 
     def put_image(self, image: Image.Image) -> str:
-        """Store ``image`` as PNG under its sha256 (idempotent); returns the sha256."""
+        """Store ``image``, normalised, as PNG under its key (idempotent); returns the key.
+
+        The key is :func:`data.images.image_key`, the one identity of a photo that pairs and dataset
+        items carry too. The pixels stored are the normalised ones (the app passes those anyway).
+        Raises ValueError when ``image`` is not a usable PIL image, StoreError when it cannot be saved.
+        """
         encoded = _images.encode_png(image)
         if self.read_only:
             raise StoreError("image not saved: the database is read-only")

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from data.images import image_key
 from data.pairs import format_line_errors, iter_pairs_file, validate_pair
 from router.base import RouterError
 from router.categories import normalise_category
-from router.features import sha256_file
 
 #: Salt of the image split; changing it moves images between folds (and breaks comparisons).
 SPLIT_SALT = "routelens-split-v1"
@@ -258,8 +258,8 @@ def default_group(table: PairTable, i: int) -> str:
     path = table.images[i]
     if path:
         try:
-            return "sha256:" + sha256_file(path)
-        except OSError:
+            return "sha256:" + image_key(path)
+        except (OSError, ValueError):  # missing or unreadable: ImageError is a ValueError
             return "path:" + str(path)
     return "query:" + table.query_ids[i]
 
@@ -311,8 +311,8 @@ def build_table(
         if path:
             if path not in file_hashes:
                 try:
-                    file_hashes[path] = "sha256:" + sha256_file(path)
-                except OSError:
+                    file_hashes[path] = "sha256:" + image_key(path)
+                except (OSError, ValueError):  # missing or unreadable: ImageError is a ValueError
                     file_hashes[path] = "path:" + str(path)
             return file_hashes[path]
         return "query:" + builder.query_ids[i]

@@ -40,6 +40,24 @@ def test_any_mode_becomes_rgb(image: Image.Image) -> None:
     assert min(out.size) >= MIN_SIDE
 
 
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGBA", (40, 30), (255, 0, 0, 0)),
+        Image.new("P", (40, 30), 3),
+        Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50, mode="I;16"),
+        Image.new("RGB", (4000, 2000), (1, 2, 3)),
+        Image.new("L", (5, 3), 9),
+    ],
+    ids=["RGBA", "P", "I;16", "large", "tiny"],
+)
+def test_loading_a_loaded_image_changes_nothing(image: Image.Image) -> None:
+    """data.images.image_key relies on it: the app's image and the file it came from get one key."""
+    once = load_image(image)
+    twice = load_image(once)
+    assert (twice.mode, twice.size, twice.tobytes()) == (once.mode, once.size, once.tobytes())
+
+
 def test_transparent_pixels_become_white() -> None:
     out = load_image(Image.new("RGBA", (40, 40), (255, 0, 0, 0)))
     assert out.getpixel((0, 0)) == (255, 255, 255)
