@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: run test test-fast test-server gpu-check bench clean
+.PHONY: run test test-fast test-server lint gpu-check bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
@@ -23,8 +23,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(PY) app.py --preset $(PRESET) --host 127.0.0.1 --port $(PORT)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff's settings are in pyproject.toml; `make test` runs it before pytest.
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not browser and not server" $(PYTEST_ARGS)

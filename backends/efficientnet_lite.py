@@ -236,7 +236,7 @@ def imagenet_class_names() -> tuple[str, ...]:
     """The 1000 ImageNet class names in open_clip's cleaned-up wording ("tabby cat", "goldfish").
 
     The file is read on its own rather than through ``import open_clip``, so the offline family does
-    not depend on torchvision/timm importing cleanly (see MODELS.md on torchvision pairings).
+    not depend on torchvision/timm importing cleanly (see docs/models.md on torchvision pairings).
     """
     import importlib.util
 

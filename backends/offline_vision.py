@@ -1,6 +1,6 @@
 """Offline "vlm" backend: EfficientNet-Lite0 ImageNet probabilities, mapped onto the user's labels by MiniLM.
 
-There is no CLIP in any registry here (MODELS.md), so zero-shot labels are done in two steps:
+There is no CLIP in any registry here (docs/models.md), so zero-shot labels are done in two steps:
 
 1. EfficientNet-Lite0 gives P(class | image) over the 1000 ImageNet classes.
 2. Each class spreads its probability over the candidate labels by text similarity: with ``s[l, c]``
@@ -18,7 +18,7 @@ The classifier can only say "none of these" about labels it could recognise. So 
 offered only when at least one label is *covered*: some ImageNet class is near it (cosine >=
 ``coverage_similarity``, default 0.7; cat 0.88, coffee 0.90, rocket 0.78, dog 0.82, but circle 0.64,
 red 0.69, person 0.66). When no label is covered (easy-VQA's shapes), the mass goes to the nearest
-labels as in MODELS.md's measurement, which still beats chance. ``none_similarity=None`` turns the
+labels as in docs/models.md's measurement, which still beats chance. ``none_similarity=None`` turns the
 null label off entirely.
 
 With no labels (and none listed in the question) the answer is the top ImageNet classes.

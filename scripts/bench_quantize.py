@@ -2,10 +2,11 @@
 
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python scripts/bench_quantize.py            # about 1-2 minutes on 2 cores
     python scripts/bench_quantize.py --skip-full --repeats 5                         # tiny models only, seconds
+    python scripts/bench_quantize.py --skip-tiny --full-repeats 2                    # ViT-B-32 only
     python scripts/bench_quantize.py --json out.json                                  # also write the figures
 
 Every model loads through the product's own backends (``OpenClipBackend``, ``HFVisionBackend``), on the
-device ``--device`` resolves to (CPU here: float32 compute for nf4, per MODELS.md):
+device ``--device`` resolves to (CPU here: float32 compute for nf4, per docs/models.md):
 
 1. the tiny open_clip and LLaVA models the tests use (random weights, saved to a temporary folder);
 2. a full-size open_clip ViT-B-32 with random weights (``pretrained=None``, ``require_pretrained=False``:
@@ -28,17 +29,18 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from backends.base import Backend  # noqa: E402
-from backends.hf_vision import HFVisionBackend  # noqa: E402
-from backends.open_clip_zero_shot import OpenClipBackend  # noqa: E402
+from backends.base import Backend
+from backends.hf_vision import HFVisionBackend
+from backends.open_clip_zero_shot import OpenClipBackend
 
 LABELS = ["cat", "dog", "hot air balloon", "coffee"]
 
@@ -61,30 +63,36 @@ def checked(answer: Any) -> Any:
     return answer
 
 
+def measure_backend(backend: Backend, image: Image.Image, repeats: int, free_text: bool) -> tuple[dict[str, Any], Any]:
+    """One loaded backend's row, and its image embedding (open_clip only, else None)."""
+    if not backend.load():
+        raise SystemExit(f"{backend.name} failed to load: {backend.info.error}")
+    info = backend.describe()
+    row: dict[str, Any] = {
+        "quantization": info.quantization,
+        "device": info.device,
+        "memory_mb": round(info.memory_bytes / 2**20, 2),
+        "load_s": round(info.load_time_s or 0.0, 2),
+        "full_precision_layers": info.full_precision_layers,
+        "answer_labels": timings(lambda: checked(backend.answer(image, "What is it?", labels=LABELS)), repeats),
+    }
+    if free_text:
+        row["answer_free_text"] = timings(lambda: checked(backend.answer(image, "What is it?")), repeats)
+    embedding = None
+    if isinstance(backend, OpenClipBackend):
+        row["embed_image"] = timings(lambda: backend.embed_image(image), repeats)
+        embedding = backend.embed_image(image)
+    return row, embedding
+
+
 def measure(make: Callable[[bool], Backend], image: Image.Image, repeats: int, free_text: bool) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     embeddings = {}
     for quantize in (False, True):
-        backend = make(quantize)
-        if not backend.load():
-            raise SystemExit(f"{backend.name} failed to load: {backend.info.error}")
-        info = backend.describe()
-        load_s = info.load_time_s or 0.0
-        row: dict[str, Any] = {
-            "quantization": info.quantization,
-            "device": info.device,
-            "memory_mb": round(info.memory_bytes / 2**20, 2),
-            "load_s": round(load_s, 2),
-            "full_precision_layers": info.full_precision_layers,
-            "answer_labels": timings(lambda: checked(backend.answer(image, "What is it?", labels=LABELS)), repeats),
-        }
-        if free_text:
-            row["answer_free_text"] = timings(lambda: checked(backend.answer(image, "What is it?")), repeats)
-        if isinstance(backend, OpenClipBackend):
-            row["embed_image"] = timings(lambda: backend.embed_image(image), repeats)
-            embeddings[quantize] = backend.embed_image(image)
+        row, embedding = measure_backend(make(quantize), image, repeats, free_text)
         rows["nf4" if quantize else "full"] = row
-        del backend
+        if embedding is not None:
+            embeddings[quantize] = embedding
     rows["nf4_vs_full_memory"] = round(rows["nf4"]["memory_mb"] / rows["full"]["memory_mb"], 3)
     if embeddings:
         rows["image_embedding_cosine"] = round(float(np.dot(embeddings[False], embeddings[True])), 4)
@@ -96,6 +104,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (tiny models)")
     parser.add_argument("--full-repeats", type=int, default=5, help="timed calls per measurement (ViT-B-32)")
     parser.add_argument("--skip-full", action="store_true", help="skip the full-size ViT-B-32")
+    parser.add_argument("--skip-tiny", action="store_true", help="skip the tiny open_clip and LLaVA models")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -108,18 +117,19 @@ def main() -> None:
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8))
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        clip_dir = build_tiny_open_clip_dir(Path(folder) / "open_clip")
-        llava_dir = build_tiny_llava_dir(Path(folder) / "llava")
-        results["tiny open_clip"] = measure(
-            lambda q: OpenClipBackend("tiny-clip", model_name=f"local-dir:{clip_dir}", quantize=q, device=args.device),
-            image, args.repeats, free_text=False,
-        )
-        results["tiny llava"] = measure(
-            lambda q: HFVisionBackend("tiny-llava", model_id=str(llava_dir), quantize=q, device=args.device,
-                                      max_new_tokens=8),
-            image, args.repeats, free_text=True,
-        )
+    if not args.skip_tiny:
+        with tempfile.TemporaryDirectory() as folder:
+            clip_dir = build_tiny_open_clip_dir(Path(folder) / "open_clip")
+            llava_dir = build_tiny_llava_dir(Path(folder) / "llava")
+            results["tiny open_clip"] = measure(
+                lambda q: OpenClipBackend("tiny-clip", model_name=f"local-dir:{clip_dir}", quantize=q, device=args.device),
+                image, args.repeats, free_text=False,
+            )
+            results["tiny llava"] = measure(
+                lambda q: HFVisionBackend("tiny-llava", model_id=str(llava_dir), quantize=q, device=args.device,
+                                          max_new_tokens=8),
+                image, args.repeats, free_text=True,
+            )
     if not args.skip_full:
         import torch
 
