@@ -1,6 +1,6 @@
 """Time from `make run` to an interactive page, and to the first and all answers in the browser.
 
-    python scripts/bench_app.py [--preset offline] [--port 7860]
+    python scripts/bench_app.py [--preset offline] [--port 7860] [--json out.json]
 
 Starts `make run` with a fresh data folder, polls until the page serves, then drives Debian's headless
 Chromium: uploads a photo, asks, and times the first filled panel and the last one. Asks twice: right
@@ -10,6 +10,7 @@ after start (models may still be loading) and once more when warm.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -44,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="offline")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     data_dir = tempfile.mkdtemp(prefix="routelens-bench-")
     env = dict(os.environ, ROUTELENS_DATA_DIR=data_dir, PRESET=args.preset, GRADIO_SERVER_PORT=str(args.port))
@@ -76,6 +78,12 @@ def main() -> None:
     print(f"preset {args.preset}: page served {page_s:.1f} s after `make run`, interactive (controls rendered) {interactive_s:.1f} s")
     print(f"first question right after start: first answer {cold[0]:.2f} s, all answers {cold[1]:.2f} s")
     print(f"a later question (models loaded):   first answer {warm[0]:.2f} s, all answers {warm[1]:.2f} s")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "preset": args.preset, "panels": n, "page_served_s": page_s, "interactive_s": interactive_s,
+            "first_question": {"first_answer_s": cold[0], "all_answers_s": cold[1]},
+            "later_question": {"first_answer_s": warm[0], "all_answers_s": warm[1]},
+        }, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python scripts/bench_offline.py --json bench.json   # ~6-8 min on 2 cores
     python scripts/bench_offline.py --skip-cold --questions 10                              # reuse the cache, ~2 min
+    python scripts/bench_offline.py --skip-cold --only vision,llm_nf4 --questions 2 --easyvqa 3   # a smoke run
 
 Each measurement runs in its own Python process (so load times include nothing left over from an
 earlier one), through the product's backends:
@@ -36,6 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["cat", "dog", "rocket", "coffee", "person", "motorcycle"]
 PHOTOS = ["chelsea", "coffee", "rocket", "astronaut", "camera", "horse", "coins", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry"]
+#: What the parent runs, each in its own process (``--only`` picks some).
+MEASUREMENTS = ("vision_first", "vision", "llm_cold_nf4", "llm_nf4", "llm_fp32")
 #: (question, labels) asked of every photo: labels given, free text, labels parsed from the question.
 QUESTIONS: list[tuple[str, list[str] | None]] = [
     ("What is in the photo?", LABELS),
@@ -95,7 +98,7 @@ def _easyvqa_shapes(backend: Any, limit: int) -> dict[str, Any]:
     texts, answers, image_ids = easy_vqa.get_test_questions()
     paths = easy_vqa.get_test_image_paths()
     shapes = ["circle", "rectangle", "triangle"]
-    rows = [(t, a, i) for t, a, i in zip(texts, answers, image_ids) if a in shapes and "shape" in t][:limit]
+    rows = [(t, a, i) for t, a, i in zip(texts, answers, image_ids, strict=True) if a in shapes and "shape" in t][:limit]
     outcome: dict[str, Any] = {"questions": len(rows)}
     for label, none in (("with_none", backend.none_similarity), ("without_none", None)):
         backend.none_similarity = none
@@ -167,6 +170,7 @@ def main() -> None:
     parser.add_argument("--skip-cold", action="store_true", help="do not time the one-time GGUF conversion")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per worker process")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--only", help=f"comma-separated measurements to run (default all: {','.join(MEASUREMENTS)})")
     parser.add_argument("--worker", choices=["vision", "llm"], help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -177,19 +181,26 @@ def main() -> None:
         args.result.write_text(json.dumps(worker(args), default=str))
         return
 
+    only = set(MEASUREMENTS) if args.only is None else {name.strip() for name in args.only.split(",") if name.strip()}
+    if only - set(MEASUREMENTS) or not only:
+        parser.error(f"--only takes some of {', '.join(MEASUREMENTS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     q, t = str(args.questions), args.timeout
-    report: dict[str, Any] = {
-        "vision_first": run_worker("vision", "--questions", "0", "--easyvqa", "0", timeout_s=t),
-        "vision": run_worker("vision", "--questions", q, "--easyvqa", str(args.easyvqa), timeout_s=t),
-    }
-    cold_dir = None if args.skip_cold else tempfile.mkdtemp(prefix="routelens-cold-")
+    report: dict[str, Any] = {}
+    if "vision_first" in only:
+        report["vision_first"] = run_worker("vision", "--questions", "0", "--easyvqa", "0", timeout_s=t)
+    if "vision" in only:
+        report["vision"] = run_worker("vision", "--questions", q, "--easyvqa", str(args.easyvqa), timeout_s=t)
+    # the cold run converts into an empty cache folder, which the later LLM runs then reuse
+    cold_dir = None if args.skip_cold or "llm_cold_nf4" not in only else tempfile.mkdtemp(prefix="routelens-cold-")
     try:
         cache = ["--cache-dir", cold_dir] if cold_dir else []
         if cold_dir:
             report["llm_cold_nf4"] = run_worker("llm", "--questions", "0", *cache, timeout_s=t)
-        report["llm_nf4"] = run_worker("llm", "--questions", q, *cache, timeout_s=t)
-        report["llm_fp32"] = run_worker("llm", "--questions", q, "--quantize", "0", *cache, timeout_s=t)
+        if "llm_nf4" in only:
+            report["llm_nf4"] = run_worker("llm", "--questions", q, *cache, timeout_s=t)
+        if "llm_fp32" in only:
+            report["llm_fp32"] = run_worker("llm", "--questions", q, "--quantize", "0", *cache, timeout_s=t)
     finally:
         if cold_dir:
             shutil.rmtree(cold_dir, ignore_errors=True)

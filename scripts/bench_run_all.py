@@ -1,11 +1,12 @@
 """run_all wall time against the sum of the backends run one after another (offline preset by default).
 
-    python scripts/bench_run_all.py --preset offline --questions 20
+    python scripts/bench_run_all.py --preset offline --questions 20 [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -27,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="offline")
     parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     preset = load_preset(args.preset)
     backends = build_backends(preset.backends, shared=SharedModels())
@@ -54,6 +56,15 @@ def main() -> None:
     print(f"run_all (concurrent):    mean {statistics.mean(concurrent):.3f} s, p50 {p(concurrent, .5):.3f} s")
     print(f"run_all first answer:    mean {statistics.mean(first):.3f} s, p50 {p(first, .5):.3f} s")
     print(f"speed-up of all answers: {statistics.mean(sequential) / statistics.mean(concurrent):.2f}x")
+    if args.json:
+        def summary(xs: list[float]) -> dict[str, float]:
+            return {"mean_s": statistics.mean(xs), "p50_s": p(xs, .5)}
+
+        args.json.write_text(json.dumps({
+            "preset": preset.name, "questions": len(items), "backends": [b.name for b in backends],
+            "sequential_sum": summary(sequential), "run_all_all_answers": summary(concurrent),
+            "run_all_first_answer": summary(first), "speed_up": statistics.mean(sequential) / statistics.mean(concurrent),
+        }, indent=2) + "\n")
 
 
 if __name__ == "__main__":

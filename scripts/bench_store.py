@@ -2,6 +2,8 @@
 
     python scripts/bench_store.py                     # the defaults below, about 1-3 minutes
     python scripts/bench_store.py --read-judgments 20000 --writer-judgments 100   # quicker
+    python scripts/bench_store.py --single-judgments 20 --writers 2 --writer-judgments 5 \
+        --size-judgments 50 --read-judgments 200 --json out.json                  # a smoke run, seconds
 
 Measures, on a fresh database in a temporary folder (or --dir):
 1. judgments/s through ``Store.record_judgment`` with one writer (synchronous FULL, and NORMAL);
@@ -17,6 +19,7 @@ Every judgment is a real ``record_judgment`` call in 1-3; each one commits (and,
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import shutil
@@ -30,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from data.schema import utc_now  # noqa: E402
-from data.store import Store  # noqa: E402
+from data.schema import utc_now
+from data.store import Store
 
 BACKENDS = ("clip-b32", "siglip-b16", "qwen2-vl-2b")
 
@@ -210,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-judgments", type=int, default=10_000)
     parser.add_argument("--read-judgments", type=int, default=100_000)
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one, removed)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
     folder = args.dir or Path(tempfile.mkdtemp(prefix="bench_store_"))
     folder.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str]] = []
+    figures: dict[str, float] = {}
 
     def report(label: str, value: str) -> None:
         rows.append((label, value))
@@ -224,15 +229,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for sync in ("FULL", "NORMAL"):
             rate = bench_single(folder, sync, args.single_judgments)
+            figures[f"judgments_per_s_1_writer_{sync.lower()}"] = rate
             report(f"judgments/s, 1 writer, synchronous={sync}", f"{rate:,.0f}")
         rate = bench_processes(folder, args.writers, args.writer_judgments)
+        figures["judgments_per_s_writer_processes"] = rate
         report(f"judgments/s, {args.writers} writers (processes), FULL", f"{rate:,.0f}")
         rate = bench_threads(folder, args.writers, args.writer_judgments)
+        figures["judgments_per_s_writer_threads"] = rate
         report(f"judgments/s, {args.writers} writers (threads, one Store), FULL", f"{rate:,.0f}")
         judgment_bytes, query_bytes = bench_size(folder, args.size_judgments)
+        figures["mib_per_10k_judgments"] = judgment_bytes / 2**20
+        figures["mib_per_10k_judged_queries"] = query_bytes / 2**20
         report("db size per 10,000 judgments (judgment + 3 verdict rows)", f"{judgment_bytes / 2**20:.2f} MiB")
         report("db size per 10,000 judged queries (+ query, decision, 3 answers)", f"{query_bytes / 2**20:.2f} MiB")
         read = bench_read(folder, args.read_judgments)
+        figures.update({f"read_{key}_s" if key in ("open", "pairs", "stats") else key: value for key, value in read.items()})
         n = f"{args.read_judgments:,}"
         report(f"read all performance pairs at {n} judgments ({read['n_pairs']:,} pairs)", f"{read['pairs']:.2f} s")
         report(f"stats() at {n} judgments", f"{read['stats']:.2f} s")
@@ -247,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label.ljust(width)}  {value}")
     print(f"(sqlite {sqlite3.sqlite_version}, python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
           f"total {time.perf_counter() - started:.0f} s)")
+    if args.json:
+        settings = {key: getattr(args, key) for key in ("single_judgments", "writers", "writer_judgments", "size_judgments",
+                                                          "read_judgments")}
+        args.json.write_text(json.dumps({"settings": settings, "figures": figures, "rows": dict(rows)}, indent=2) + "\n")
     return 0
 
 

@@ -1,10 +1,13 @@
 """Write the example photos the packages ship (scikit-image, matplotlib, scikit-learn) to data/examples.
 
 Run once by a developer; the output is checked in so the app and the tests need no generation step.
+
+    python scripts/make_examples.py [--out DIR]     # default: data/examples
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -31,17 +34,20 @@ ITEMS = [
 ]
 
 
-def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT, help=f"folder to write to (default {OUT})")
+    out = parser.parse_args(argv).out
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, make, question, answer, labels, category in ITEMS:
         image = Image.fromarray(make()).convert("RGB")
         image.thumbnail((448, 448))
-        path = OUT / f"{name}.jpg"
+        path = out / f"{name}.jpg"
         image.save(path, quality=88)
         rows.append({"id": name, "image": path.name, "question": question, "answer": answer, "labels": labels, "category": category})
-    (OUT / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"wrote {len(rows)} examples to {OUT}")
+    (out / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {len(rows)} examples to {out}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+
+from PIL import Image, ImageStat
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +34,21 @@ family = "offline_vision"
 cost = 0.05
 timeout_s = 60
 """
+
+
+def check_screenshot(path: Path, *, width: int, min_height: int) -> None:
+    """A real PNG of a whole page: ``width`` wide, at least ``min_height`` high, and not blank (a page of one
+    colour, or a near-empty one, has few distinct colours and almost no contrast)."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.width == width and image.height >= min_height, (path.name, image.size)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        contrast = ImageStat.Stat(image.convert("L")).stddev[0]
+    assert colours is not None and len(colours) > 100, f"{path.name} looks blank ({len(colours or [])} colours)"
+    assert contrast > 10, f"{path.name} has no contrast (grey stddev {contrast:.1f})"
 
 
 def free_port() -> int:
@@ -62,7 +79,7 @@ def launched_app(db_path: Path, *, preset: str = "offline", extra: list[str] | N
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the app did not start in {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+                    raise RuntimeError(f"the app did not start in {timeout_s} s:\n{log_path.read_text()[-3000:]}") from None
                 time.sleep(1)
         while "router:" not in log_path.read_text().lower() and time.monotonic() < deadline:
             time.sleep(1)

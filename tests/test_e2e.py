@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from tests.live_app import ROOT, launched_app, CHROMIUM, CHROMIUM_ARGS
+from tests import live_app
+from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, launched_app
 
 CAT = ROOT / "data" / "examples" / "chelsea.jpg"
 SCREENSHOTS = ROOT / "screenshots"
@@ -43,11 +45,27 @@ def test_client_compare_judge_stats(app_url) -> None:
     assert stats["backends"]["efficientnet-lite0"]["n"] >= 1
 
 
+VIEWPORT = {"width": 1400, "height": 1000}
+BACKENDS = ["efficientnet-lite0", "gemma3-270m+tags"]
+
+
+def check_screenshot(path: Path) -> None:
+    live_app.check_screenshot(path, width=VIEWPORT["width"], min_height=VIEWPORT["height"])
+
+
+def _count_judgments(db_path: Path) -> int:
+    raw = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return raw.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
+    finally:
+        raw.close()
+
+
 @pytest.mark.browser
 def test_browser_ask_see_router_and_panels_then_judge(app_url) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (make test installs it)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     from data.store import Store
 
@@ -55,34 +73,76 @@ def test_browser_ask_see_router_and_panels_then_judge(app_url) -> None:
     SCREENSHOTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport=VIEWPORT)
         page.goto(url, wait_until="domcontentloaded")
         page.wait_for_selector("#run", timeout=60_000)
+        # the start page: the ask button, one idle panel per backend, an empty router card
+        expect(page.locator("#run")).to_be_visible()
+        expect(page.locator("#run")).to_have_text("Ask every model")
+        expect(page.locator("#router-card")).to_contain_text("Ask a question")
+        expect(page.locator(".rl-panel")).to_have_count(2)
+        assert page.locator(".rl-panel").evaluate_all("els => els.map(e => e.dataset.backend)") == BACKENDS
         page.screenshot(path=str(SCREENSHOTS / "01-start.png"), full_page=True)
+        check_screenshot(SCREENSHOTS / "01-start.png")
+
         page.set_input_files("#image input[type=file]", str(CAT))
         page.fill("#question textarea", "Is this a cat or a dog?")
         page.click("#run")
         page.wait_for_selector("#router-card .rl-route-choice", timeout=120_000)
         page.wait_for_function("() => document.querySelectorAll('.rl-spinner').length === 0", timeout=180_000)
         page.screenshot(path=str(SCREENSHOTS / "02-answered.png"), full_page=True)
+        check_screenshot(SCREENSHOTS / "02-answered.png")
         panels = page.locator(".rl-panel")
         assert panels.count() == 2
-        assert page.locator(".rl-panel.rl-picked").count() == 1
-        assert page.locator("#router-chart").is_visible()
+        # the router card names one backend, and exactly that backend's panel is highlighted
+        choice = page.locator("#router-card .rl-route-choice").inner_text().split()[0]
+        assert choice in BACKENDS
+        picked = page.locator(".rl-panel.rl-picked")
+        assert picked.count() == 1 and picked.get_attribute("data-backend") == choice
+        expect(picked).to_contain_text("router pick")
+        expect(page.locator("#router-card")).to_contain_text("predicted task")
+        # both backends answered (no error), and the vlm named the cat with its label scores
+        assert page.locator(".rl-panel .rl-error").count() == 0
+        expect(page.locator(".rl-panel .rl-answer")).to_have_count(2)
+        vlm = page.locator(".rl-panel[data-backend='efficientnet-lite0']")
+        expect(vlm.locator(".rl-answer")).to_have_text("cat")
+        expect(vlm.locator(".rl-scores")).to_contain_text("dog")
+        chart = page.locator("#router-chart")
+        assert chart.is_visible()
+        for name in BACKENDS:  # the P(correct) chart has a bar per backend
+            expect(chart).to_contain_text(name)
+
         page.locator("#verdict-0 label", has_text="correct").click()
         page.locator("#verdict-1 label", has_text="wrong").click()
         page.locator("#best label", has_text="efficientnet-lite0").click()
         page.fill("#reason textarea", "browser test")
         page.click("#save")
         page.wait_for_selector("#judge-status :text('Saved')", timeout=30_000)
+        expect(page.locator("#judge-status")).to_contain_text("Saved 2 verdict(s)")
         page.screenshot(path=str(SCREENSHOTS / "03-saved.png"), full_page=True)
+        check_screenshot(SCREENSHOTS / "03-saved.png")
+
+        judged = _count_judgments(db_path)  # this one, and the client test's when it ran first
+        assert judged >= 1
         page.get_by_role("tab", name="Leaderboard & router").click()
-        page.wait_for_timeout(2500)
+        # the tab refreshes on select: the counts and both figures include the judgment just saved
+        expect(page.locator("#lb-counts")).to_contain_text(f"{judged} judgments", timeout=30_000)
+        accuracy, ratings = page.locator("#lb-accuracy"), page.locator("#lb-ratings")
+        expect(accuracy).to_contain_text("Accuracy per backend", timeout=30_000)
+        expect(ratings).to_contain_text("Bradley-Terry rating", timeout=30_000)
+        for name in BACKENDS:
+            expect(accuracy).to_contain_text(name)
+            expect(ratings).to_contain_text(name)
         page.screenshot(path=str(SCREENSHOTS / "04-leaderboard.png"), full_page=True)
+        check_screenshot(SCREENSHOTS / "04-leaderboard.png")
         browser.close()
     store = Store.open(db_path, read_only=True)
     try:
-        reasons = [row.get("reason") for row in store.judgment_rows()]
+        judgments = list(store.judgment_rows())
     finally:
         store.close()
-    assert "browser test" in reasons
+    # one row per judged backend, all from one judgment, with the verdicts and best answer clicked above
+    saved = [row for row in judgments if row.get("reason") == "browser test"]
+    assert len({row["judgment_id"] for row in saved}) == 1
+    assert {row["backend"]: row["correct"] for row in saved} == {"efficientnet-lite0": 1.0, "gemma3-270m+tags": 0.0}
+    assert {row["best"] for row in saved} == {"efficientnet-lite0"}

@@ -6,11 +6,15 @@ a 2-core CPU); later runs reuse it (module loads take seconds).
 
 from __future__ import annotations
 
+import bitsandbytes as bnb
 import numpy as np
 import pytest
+import skimage.data
 from PIL import Image
 
 from backends.images import load_image
+from backends.offline_llm import OfflineLLMBackend
+from backends.offline_vision import NONE_LABEL, OfflineVisionBackend
 from backends.shared import SharedModels
 
 pytestmark = pytest.mark.slow
@@ -19,8 +23,7 @@ LABELS = ["cat", "dog", "rocket", "coffee"]
 
 
 def _skimage(name: str) -> Image.Image:
-    data = pytest.importorskip("skimage.data")
-    return load_image(Image.fromarray(getattr(data, name)()))
+    return load_image(Image.fromarray(getattr(skimage.data, name)()))
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +32,14 @@ def pool() -> SharedModels:
 
 
 @pytest.fixture(scope="module")
-def vision(pool: SharedModels):
-    from backends.offline_vision import OfflineVisionBackend
-
+def vision(pool: SharedModels) -> OfflineVisionBackend:
     backend = OfflineVisionBackend("offline-vlm", device="cpu", shared=pool)
     assert backend.load(), backend.info.error
     return backend
 
 
 @pytest.fixture(scope="module")
-def llm(pool: SharedModels):
-    from backends.offline_llm import OfflineLLMBackend
-
+def llm(pool: SharedModels) -> OfflineLLMBackend:
     backend = OfflineLLMBackend("offline-llm", quantize=True, device="cpu", shared=pool, top_tags=5, max_new_tokens=12)
     assert backend.load(), backend.info.error
     return backend
@@ -61,8 +60,6 @@ def test_vlm_names_other_skimage_photos(vision, photo: str) -> None:
 
 
 def test_none_of_these_fires_for_the_astronaut(vision) -> None:
-    from backends.offline_vision import NONE_LABEL
-
     answer = vision.answer(_skimage("astronaut"), "What is in the photo?", ["cat", "dog"])
     assert answer.ok and answer.text == NONE_LABEL
     assert dict(answer.label_scores)[NONE_LABEL] > 0.5
@@ -87,8 +84,6 @@ def test_image_embedding_separates_photos(vision) -> None:
 
 
 def test_gemma_is_4bit_and_shares_the_classifier(llm, vision) -> None:
-    import bitsandbytes as bnb
-
     assert llm._classifier is vision._classifier
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in llm._model.modules())
     assert llm.info.quantization.startswith("nf4 (bitsandbytes), compute float32")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.parse
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from tests.live_app import ROOT, launched_app, VISION_ONLY_PRESET, CHROMIUM, CHROMIUM_ARGS
+from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, VISION_ONLY_PRESET, launched_app
 
 pytestmark = pytest.mark.slow
 
@@ -80,11 +81,12 @@ def test_unauthenticated_requests_are_refused(app) -> None:
 
 def test_gradio_client_needs_the_login_and_works_with_it(app) -> None:
     from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
 
     url, _ = app
-    with pytest.raises(Exception):
+    with pytest.raises(AuthenticationError, match="credentials were not provided"):
         Client(url, verbose=False)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="Could not login to"):  # the login answers 400, not 401
         Client(url, auth=(ALICE[0], "wrong"), verbose=False)
     stats = Client(url, auth=ALICE, verbose=False).predict(api_name="/stats")
     assert "counts" in stats
@@ -125,7 +127,8 @@ def test_uploads_over_25_mb_are_refused(app, tmp_path) -> None:
         assert client.get(f"/gradio_api/file={uploaded}").status_code == 200
     from gradio_client import Client, handle_file
 
-    with pytest.raises(Exception):
+    # gradio_client reads the limit from the app's config and refuses before sending anything
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 26214400 bytes"):
         Client(url, auth=ALICE, verbose=False).predict(handle_file(str(big)), "What is this?", "", api_name="/compare")
 
 
@@ -141,8 +144,12 @@ def test_only_files_the_app_created_are_served(app) -> None:
         "/tmp/gradio/../../etc/passwd",
         str(db_path.parent / "images"),
     ]
+    from gradio_client import Client, handle_file
+
+    Client(url, auth=ALICE, verbose=False).predict(handle_file(str(CAT)), "What is this?", "", api_name="/compare")
     images = sorted((db_path.parent / "images").rglob("*.png"))
-    secret_paths += [str(p) for p in images[:1]]  # a stored image: only reachable through the app's own views
+    assert images, "the compare above stores its image"
+    secret_paths.append(str(images[0]))  # a stored image: only reachable through the app's own views
     with _http(url, login=ALICE) as client:
         for path in secret_paths:
             for form in (path, urllib.parse.quote(path, safe="")):
