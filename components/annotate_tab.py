@@ -1,19 +1,37 @@
-"""Annotation sessions: least-certain items first, every backend answers, keyboard verdicts, resume later."""
+"""Annotation sessions: least-certain items first, every backend answers, keyboard verdicts, resume later.
+
+A session may be blind (the default for sessions started here: panels are "Model A", "Model B", ...
+until each judgment is saved) and may ask for k judgments per item: others join it from the session
+chooser, the store hands each item to annotators who have not judged it until it has k
+(:meth:`data.store.Store.claim_item`), and later annotators of an item judge the answers the first one's
+request produced (the same query), so their verdicts can be compared. Guidelines show in a collapsible
+panel and each judgment records their version.
+"""
 
 from __future__ import annotations
 
 import html
 import logging
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 import gradio as gr
 import numpy as np
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
-
+from backends.base import Answer
 from backends.scoring import score_answer
 from components import answer_grid, judge_bar
+from components.annotate_study import (
+    NEW_SESSION,
+    guidelines_label,
+    progress_html,
+    resolve_guidelines,
+    session_choices,
+)
+from components.blind import shuffled
 from components.compare_tab import CompareView, QueryState, client_key
 from components.runtime import InputError, Runtime, default_data_dir
 from data.datasets import DatasetError, EvalItem, load_eval_items
@@ -42,6 +60,11 @@ class AnnotationState:
     done: set[str] = field(default_factory=set)
     current: str | None = None
     query: QueryState = field(default_factory=QueryState)
+    blind: bool = False
+    k: int = 1
+    #: The annotator who started the session (who adjudicates its disagreements).
+    lead: str = ""
+    guidelines_id: int | None = None
 
     def next_item(self, after: str | None = None) -> str | None:
         """The first item not done, starting after ``after`` (wrapping), so skipped items come back."""
@@ -55,12 +78,12 @@ class AnnotationState:
         return pending[0]
 
 
-def progress_html(done: int, total: int) -> str:
-    percent = 100 * done / total if total else 0
-    return (
-        f"<div class='rl-meta'>{done} / {total} judged ({percent:.0f}%)</div>"
-        f"<div class='rl-progress' id='ann-progress'><div style='width:{percent:.1f}%'></div></div>"
-    )
+def stored_answer(backend: str, row: dict[str, Any]) -> Answer:
+    """An answer as the store holds it (``Store.query()["answers"][backend]``)."""
+    scores = row.get("label_scores")
+    return Answer(backend=backend, text=row.get("text") or "", latency_s=float(row.get("latency_s") or 0.0),
+                  label_scores=[(str(label), float(score)) for label, score in scores] if scores else None,
+                  error=row.get("error"))
 
 
 class AnnotateView:
@@ -70,6 +93,10 @@ class AnnotateView:
         self.names = self.compare.names
         self._items: dict[str, dict[str, EvalItem]] = {}
         self._items_lock = threading.Lock()
+        # (session, item) -> set when the request answering it finishes, so a second annotator of the
+        # item waits for those answers instead of asking every model again (shared by all users).
+        self._answering: dict[tuple[str, str], threading.Event] = {}
+        self._answering_lock = threading.Lock()
 
     # ---------------------------------------------------------------- datasets
     def dataset_choices(self) -> list[tuple[str, str]]:
@@ -95,7 +122,7 @@ class AnnotateView:
         """
         try:
             probabilities = self.runtime.router.probability_matrix([i.image for i in items], [i.question for i in items])
-        except Exception as exc:  # noqa: BLE001 - ordering is a nicety
+        except Exception as exc:  # ordering is a nicety
             log.warning("could not score the items for ordering, keeping the file order: %s", exc)
             return [item.id for item in items]
         top_two = np.sort(probabilities, axis=1)[:, ::-1][:, :2]
@@ -104,48 +131,156 @@ class AnnotateView:
         return [items[k].id for k in order]
 
     # ---------------------------------------------------------------- handlers
-    def start(self, annotator: str, spec: str, state: AnnotationState | None, progress=None) -> list[Any]:
+    def start(self, annotator: str, spec: str, state: AnnotationState | None, progress=None, *,
+              blind: bool = False, k: int = 1, guidelines: str = "", join: str | None = None) -> list[Any]:
+        """Resume the annotator's session on ``spec``, join the session ``join`` (an id), or start a new one
+        (``join="new"``, or nothing to resume) with ``blind``, ``k`` judgments per item and ``guidelines``."""
         annotator = (annotator or "").strip()
         if not annotator:
             return ["⚠️ Type your name first (it is stored with each judgment).", progress_html(0, 0), state or AnnotationState()]
         store = self.runtime.store
         if store is None:
             return [f"⚠️ {self.runtime.store_notice}", progress_html(0, 0), state or AnnotationState()]
+        session = None
+        if join and join != NEW_SESSION:
+            try:
+                session = store.session(join)
+            except (KeyError, ValueError):
+                return ["⚠️ That session no longer exists; pick another.", progress_html(0, 0), state or AnnotationState()]
+            spec = session["dataset"]
         try:
             items = self.items(spec)
         except DatasetError as exc:
             return [f"⚠️ {html.escape(str(exc))}", progress_html(0, 0), state or AnnotationState()]
-        resumable = [s for s in store.sessions_for(annotator) if s["dataset"] == spec and s["next_item"] is not None]
-        if resumable:
-            session = store.session(resumable[0]["id"])
-            message = f"Welcome back, {html.escape(annotator)}: resuming where you stopped."
+        if session is not None:
+            message = (f"Joined {html.escape(session['annotator'])}'s session as {html.escape(annotator)}: "
+                       f"{session['total']} items, {session['k']} judgment(s) per item.")
         else:
-            if progress is not None:
-                progress(0.1, desc="Ordering items: least certain first")
-            order = self.order_items(list(items.values()))
-            session = store.session(store.start_session(annotator, spec, order))
-            message = f"New session for {html.escape(annotator)}: {len(order)} items, least certain first."
+            resumable = [] if join == NEW_SESSION else [
+                s for s in store.sessions_for(annotator) if s["dataset"] == spec and s["next_item"] is not None
+            ]
+            if resumable:
+                session = store.session(resumable[0]["id"])
+                message = f"Welcome back, {html.escape(annotator)}: resuming where you stopped."
+            else:
+                if progress is not None:
+                    progress(0.1, desc="Ordering items: least certain first")
+                order = self.order_items(list(items.values()))
+                try:
+                    session_id = store.start_session(annotator, spec, order, k=int(k or 1), blind=bool(blind),
+                                                     guidelines=(guidelines or "").strip() or None)
+                except ValueError as exc:
+                    return [f"⚠️ {html.escape(str(exc))}", progress_html(0, 0), state or AnnotationState()]
+                session = store.session(session_id)
+                message = f"New session for {html.escape(annotator)}: {len(order)} items, least certain first."
+                if session["k"] > 1:
+                    message += f" Each item goes to {session['k']} annotators: others join it from the session list."
+        if session["blind"]:
+            message += " Blind: the model names are shown after each judgment is saved."
         new_state = AnnotationState(
             session_id=session["id"], annotator=annotator, dataset=spec,
-            order=[i for i in session["item_ids"] if i in items], done=set(session["done"]),
+            order=[i for i in session["item_ids"] if i in items], blind=session["blind"], k=session["k"],
+            lead=session["annotator"],
         )
-        new_state.current = new_state.next_item()
-        return [message, progress_html(len(new_state.done), len(new_state.order)), new_state]
+        new_state.done = set(store.progress(session["id"], annotator)["mine_items"])
+        new_state.current = store.claim_item(session["id"], annotator)
+        return [message, self.progress(new_state), new_state]
+
+    def progress(self, state: AnnotationState) -> str:
+        """The progress bar: the session's items and the annotator's own share."""
+        store = self.runtime.store
+        if store is None or not state or not state.session_id:
+            return progress_html(0, 0)
+        counts = store.progress(state.session_id, state.annotator)
+        return progress_html(counts["done"], counts["total"], k=counts["k"], judgments=counts["judgments"],
+                             mine=counts["mine"])
+
+    def guidelines(self, state: AnnotationState) -> list[Any]:
+        """The guidelines panel (accordion, text) for the session; records their version in ``state``."""
+        store = self.runtime.store
+        found = resolve_guidelines(store, state.session_id, state.dataset) if store and state and state.session_id else None
+        if state:
+            state.guidelines_id = found["id"] if found else None
+        if not found:
+            return [gr.update(visible=False), ""]
+        return [gr.update(visible=True, label=guidelines_label(found)), found["text"]]
+
+    def _frame(self, state: AnnotationState, head: list[Any], *, running: bool, verdicts: list[Any] | None,
+               submit: Any, best: Any = None, guide: list[Any] | None = None) -> list[Any]:
+        """show()'s outputs: image, question, reference, panels, verdicts, save button, best answer,
+        guidelines (accordion, text), state."""
+        skip = gr.skip()
+        return [*head, *self.compare.render_panels(state.query if state else QueryState(), running=running),
+                *(verdicts if verdicts is not None else [skip] * len(self.names)), submit,
+                skip if best is None else best, *(guide or [skip, skip]), state]
 
     def show(self, state: AnnotationState) -> Iterator[list[Any]]:
-        """Load the current item and stream every backend's answer into the panels."""
+        """Load the current item and stream every backend's answer into the panels (or, when another
+        annotator's request already answered this item, show those answers)."""
         blank_verdicts = [None] * len(self.names)
+        off = gr.update(interactive=False)
         if not state or not state.session_id:
-            yield [None, "", "", *self.compare.render_panels(QueryState(), running=False), *blank_verdicts, gr.update(interactive=False), state]
+            yield self._frame(state, [None, "", ""], running=False, verdicts=blank_verdicts, submit=off)
             return
+        guide = self.guidelines(state)
         if state.current is None:
-            done_msg = "### 🎉 Session complete — every item is judged. Thank you!"
-            yield [None, done_msg, "", *self.compare.render_panels(QueryState(), running=False), *blank_verdicts, gr.update(interactive=False), state]
+            state.query = QueryState()
+            complete = self.runtime.store is not None and self.runtime.store.session(state.session_id)["next_item"] is None
+            done_msg = ("### 🎉 Session complete — every item is judged. Thank you!" if complete else
+                        "### ✓ Nothing left for you here — the remaining items are with other annotators. Thank you!")
+            yield self._frame(state, [None, done_msg, ""], running=False, verdicts=blank_verdicts, submit=off, guide=guide)
             return
         item = self.items(state.dataset)[state.current]
         prompt = f"**Q:** {html.escape(item.question)}"
         reference = f"Reference answer: **{html.escape(', '.join(item.accepted))}** · category {html.escape(item.category)}"
-        state.query = QueryState()
+        state.query = QueryState(blind=state.blind, order=shuffled(self.names) if state.blind else list(self.names))
+        best = self.compare.best_update(state.query)
+        key = (state.session_id, item.id)
+        with self._answering_lock:
+            pending = self._answering.get(key)
+            mine = pending is None
+            if mine:
+                pending = self._answering[key] = threading.Event()
+        try:
+            if not mine:
+                yield self._frame(state, [item.image, prompt, "Another annotator's request is answering this item…"],
+                                  running=True, verdicts=blank_verdicts, submit=off, best=best, guide=guide)
+                pending.wait(600)
+            reused = self._stored_query(state, item)
+            if reused:
+                suggested = self.suggest_verdicts(item, state.query)
+                yield self._frame(state, [item.image, prompt, reference + " · verdicts pre-filled from it: check them"],
+                                  running=False, verdicts=suggested, submit=gr.update(interactive=True), best=best, guide=guide)
+                return
+            if not mine:  # that request failed: answer it here
+                with self._answering_lock:
+                    mine = key not in self._answering
+                    if mine:
+                        self._answering[key] = pending = threading.Event()
+            yield from self._answer_item(state, item, prompt, reference, best, guide)
+        finally:
+            if mine:
+                with self._answering_lock:
+                    self._answering.pop(key, None)
+                pending.set()
+
+    def _stored_query(self, state: AnnotationState, item: EvalItem) -> bool:
+        """Judge the answers an earlier request for this session item produced, when every backend gave one."""
+        store = self.runtime.store
+        query_id = store.item_query(state.session_id, item.id, self.names) if store is not None else None
+        if query_id is None:
+            return False
+        stored = store.query(query_id)
+        state.query.query_id = query_id
+        state.query.decision = stored["decision"]
+        state.query.labels = list(stored.get("labels") or [])
+        state.query.answers = {name: stored_answer(name, row) for name, row in stored["answers"].items()}
+        return True
+
+    def _answer_item(self, state: AnnotationState, item: EvalItem, prompt: str, reference: str, best: Any,
+                     guide: list[Any]) -> Iterator[list[Any]]:
+        blank_verdicts = [None] * len(self.names)
+        off = gr.update(interactive=False)
         try:
             events = self.runtime.compare(
                 item.image, item.question, item.labels, source="annotation", session_id=state.session_id,
@@ -153,10 +288,13 @@ class AnnotateView:
             )
             _, result = next(events)
         except InputError as exc:
-            yield [None, prompt, f"⚠️ {exc}", *self.compare.render_panels(state.query, running=False), *blank_verdicts, gr.update(interactive=False), state]
+            yield self._frame(state, [None, prompt, f"⚠️ {exc}"], running=False, verdicts=blank_verdicts, submit=off,
+                              best=best, guide=guide)
             return
         state.query.query_id = result.query_id
-        yield [item.image, prompt, reference, *self.compare.render_panels(state.query, running=True), *blank_verdicts, gr.update(interactive=False), state]
+        state.query.labels = list(result.labels)
+        yield self._frame(state, [item.image, prompt, reference], running=True, verdicts=blank_verdicts, submit=off,
+                          best=best, guide=guide)
         for event, payload in events:
             if event == "decision":
                 state.query.decision = payload
@@ -164,15 +302,16 @@ class AnnotateView:
                 state.query.answers[payload.backend] = payload
             elif event == "done":
                 break
-            yield [gr.skip(), gr.skip(), gr.skip(), *self.compare.render_panels(state.query, running=True), *[gr.skip()] * len(self.names), gr.skip(), state]
+            yield self._frame(state, [gr.skip(), gr.skip(), gr.skip()], running=True, verdicts=None, submit=gr.skip())
         suggested = self.suggest_verdicts(item, state.query)
         hint = reference + " · verdicts pre-filled from it: check them"
-        yield [gr.skip(), gr.skip(), hint, *self.compare.render_panels(state.query, running=False), *suggested, gr.update(interactive=True), state]
+        yield self._frame(state, [gr.skip(), gr.skip(), hint], running=False, verdicts=suggested,
+                          submit=gr.update(interactive=True), guide=guide)
 
     def suggest_verdicts(self, item: EvalItem, query: QueryState) -> list[str | None]:
         """Pre-fill each verdict from the reference answer; the annotator confirms or flips it."""
         out: list[str | None] = []
-        for name in self.names:
+        for name in self.compare.order(query):  # panel order (shuffled when blind)
             answer = query.answers.get(name)
             if answer is None or answer.error:
                 out.append(None)
@@ -184,28 +323,60 @@ class AnnotateView:
         verdict_values = values[: len(self.names)]
         best, true_answer, reason = values[len(self.names):]
         if not state or not state.query.query_id or state.current is None:
-            return ["⚠️ Nothing to save yet.", progress_html(len(state.done) if state else 0, len(state.order) if state else 0), state]
-        verdicts = answer_grid.verdicts_from(verdict_values, self.names)
-        if not verdicts and not best:
-            return ["⚠️ Mark at least one answer (keys 1–9) or pick the best (t / a).", progress_html(len(state.done), len(state.order)), state]
-        payload = {"verdicts": verdicts, "best": best, "true_answer": true_answer, "reason": reason}
+            return ["⚠️ Nothing to save yet.", self.progress(state), state]
+        verdicts = answer_grid.verdicts_from(verdict_values, self.compare.order(state.query))
+        best_name = self.compare.best_backend(state.query, best)
+        if not verdicts and not best_name:
+            return ["⚠️ Mark at least one answer (keys 1–9) or pick the best (t / a).", self.progress(state), state]
+        was_hidden = state.query.hidden
+        # the annotator is part of the key: annotators of a shared item judge the same query, often alike
+        payload = {"verdicts": verdicts, "best": best_name, "true_answer": true_answer, "reason": reason,
+                   "annotator": state.annotator}
         try:
             self.runtime.judge(
-                state.query.query_id, verdicts, best=best, true_answer=true_answer, reason=reason,
+                state.query.query_id, verdicts, best=best_name, true_answer=true_answer, reason=reason,
                 annotator=state.annotator, session_id=state.session_id,
-                client_key=client_key(state.query.query_id, payload),
+                client_key=client_key(state.query.query_id, payload), blind=was_hidden,
+                guidelines_id=state.guidelines_id,
             )
-        except Exception as exc:  # noqa: BLE001 - the person must know it was not saved
+        except Exception as exc:  # the person must know it was not saved
             # Raising stops the chain, so the item and its verdicts stay on the page for a retry.
             raise gr.Error(f"Not saved: {exc}. Your verdicts are still on the page; try again.") from exc
+        status = "✓ Saved."
+        if was_hidden:
+            state.query.revealed = True
+            status = "  \n".join(x for x in (
+                "✓ Saved (blind).", self.compare.reveal_text(state.query), self.compare.identity_notice(state.query)) if x)
         state.done.add(state.current)
-        state.current = state.next_item(after=state.current)
-        return ["✓ Saved.", progress_html(len(state.done), len(state.order)), state]
+        store = self.runtime.store
+        state.current = store.claim_item(state.session_id, state.annotator) if store is not None else None
+        return [status, self.progress(state), state]
 
     def skip(self, state: AnnotationState) -> list[Any]:
-        if state and state.current is not None:
-            state.current = state.next_item(after=state.current)
-        return ["Skipped: it comes back at the end.", progress_html(len(state.done), len(state.order)) if state else "", state]
+        store = self.runtime.store
+        if state and state.current is not None and store is not None and state.session_id:
+            store.skip_item(state.session_id, state.annotator, state.current)
+            state.current = store.claim_item(state.session_id, state.annotator)
+        return ["Skipped: it comes back at the end.", self.progress(state) if state else "", state]
+
+    def session_choices(self, spec: str) -> Any:
+        """The session chooser: resume or start, or join an open session of the dataset."""
+        store = self.runtime.store
+        sessions = store.open_sessions(spec) if store is not None else []
+        return gr.update(choices=session_choices(sessions), value="")
+
+    def update_guidelines(self, state: AnnotationState, text: str) -> str:
+        """A session's lead records a new version of its guidelines."""
+        store = self.runtime.store
+        if not state or not state.session_id or store is None:
+            return "⚠️ Start a session first."
+        if state.annotator != state.lead:
+            return f"⚠️ Only the session's lead ({html.escape(state.lead)}) can change its guidelines."
+        try:
+            found = store.set_guidelines("session", state.session_id, text or "")
+        except Exception as exc:  # the person must know it was not saved
+            return f"⚠️ Not saved: {html.escape(str(exc))}"
+        return f"✓ Guidelines saved as version {found['version']}; they show from the next item on."
 
     # ---------------------------------------------------------------- layout
     def build(self, annotator: Any) -> None:
@@ -214,8 +385,24 @@ class AnnotateView:
         with gr.Column(elem_id="annotate-root"):
             with gr.Row():
                 dataset = gr.Dropdown(choices, value=choices[0][1], label="Dataset", scale=3, elem_id="ann-dataset")
+                chooser = gr.Dropdown(session_choices([]), value="", label="Session", scale=3, elem_id="ann-session",
+                                      info="Resume yours, start a new one, or join one that asks for several annotators")
                 start = gr.Button("Start / resume session", variant="primary", scale=1, elem_id="ann-start")
+            with gr.Accordion("New session settings", open=False, elem_id="ann-settings"):
+                with gr.Row():
+                    blind = gr.Checkbox(label="Blind: hide the model names until each judgment is saved", value=True,
+                                        elem_id="ann-blind")
+                    k = gr.Dropdown(list(range(1, 11)), value=1, label="Judgments per item (k): 3 for a study",
+                                    elem_id="ann-k")
+                guidelines_text = gr.Textbox(label="Guidelines for the annotators (Markdown, optional)", lines=3,
+                                             elem_id="ann-guidelines-text")
+                with gr.Row():
+                    guidelines_save = gr.Button("Save as the current session's guidelines (lead only)", size="sm",
+                                                elem_id="ann-guidelines-save")
+                    guidelines_status = gr.Markdown("", elem_id="ann-guidelines-status")
             message = gr.Markdown("Type your name above, pick a dataset, then start.", elem_id="ann-message")
+            with gr.Accordion("Guidelines", open=False, visible=False, elem_id="ann-guidelines") as guide_box:
+                guide_text = gr.Markdown("", elem_id="ann-guidelines-body")
             gr.HTML(SHORTCUT_HELP)
             progress = gr.HTML(progress_html(0, 0))
             with gr.Row(equal_height=False):
@@ -230,16 +417,20 @@ class AnnotateView:
             skip = gr.Button("Skip item (n)", size="sm", elem_id="ann-skip")
         bodies = [p.body for p in panels]
         verdicts = [p.verdict for p in panels]
-        show_outputs = [image, prompt, reference, *bodies, *verdicts, judge.submit, state]
+        show_outputs = [image, prompt, reference, *bodies, *verdicts, judge.submit, judge.best, guide_box, guide_text, state]
 
         def clear() -> list[Any]:
             return [None, "", ""]
 
-        def do_start(request: gr.Request, name: str, spec: str, current: AnnotationState, progress_bar=gr.Progress()):
+        def do_start(request: gr.Request, name: str, spec: str, join: str, blind_value: bool, k_value: int,
+                     text: str, current: AnnotationState, progress_bar=gr.Progress()):
             # Behind --auth the session belongs to the logged-in user, whatever the name box holds.
-            return self.start(getattr(request, "username", None) or name, spec, current, progress_bar)
+            return self.start(getattr(request, "username", None) or name, spec, current, progress_bar,
+                              blind=blind_value, k=k_value, guidelines=text, join=join)
 
-        start.click(do_start, [annotator, dataset, state], [message, progress, state]).then(
+        dataset.change(self.session_choices, [dataset], [chooser], queue=False)
+        chooser.focus(self.session_choices, [dataset], [chooser], queue=False)
+        start.click(do_start, [annotator, dataset, chooser, blind, k, guidelines_text, state], [message, progress, state]).then(
             self.show, [state], show_outputs, concurrency_id="compare", concurrency_limit=self.runtime.config.max_concurrent_compares,
             show_progress="hidden",
         )
@@ -249,3 +440,4 @@ class AnnotateView:
         skip.click(self.skip, [state], [judge.status, progress, state]).then(
             self.show, [state], show_outputs, concurrency_id="compare", show_progress="hidden"
         )
+        guidelines_save.click(self.update_guidelines, [state, guidelines_text], [guidelines_status])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import html
-import gradio as gr
-
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+
+import gradio as gr
 
 from backends.base import Answer, BackendInfo
 
@@ -34,11 +35,31 @@ def _meta(info: BackendInfo) -> str:
     return " · ".join(html.escape(str(b)) for b in bits if b)
 
 
-def render_panel(info: BackendInfo, answer: Answer | None, *, picked: bool = False, state: str = "idle") -> str:
-    """HTML for one panel; every model or user string is escaped (answers may contain markup)."""
+def render_blind_panel(alias: str, answer: Answer | None, *, state: str = "idle") -> str:
+    """A panel that does not say which model it is: its label ("Model A") and the answer text only, no
+    name, kind, model card, timing, label scores or router pick (each of which would tell)."""
+    head = f"<div class='rl-panel-head'><span class='rl-panel-name'>{html.escape(alias)}</span></div>"
+    if state == "running":
+        body = "<div class='rl-wait'><div class='rl-spinner'></div>answering…</div>"
+    elif answer is None:
+        body = "<div class='rl-meta'>Waiting for a question.</div>"
+    elif answer.error:
+        body = "<div class='rl-error'>This model gave no answer (it failed; the details are shown after saving).</div>"
+    else:
+        body = f"<div class='rl-answer'>{html.escape(answer.text or '(empty answer)')}</div>"
+    body += "<div class='rl-meta'>Blind: the model's name is shown after you save.</div>"
+    return f"<div class='rl-panel rl-blind' data-backend='{html.escape(alias)}'>{head}{body}</div>"
+
+
+def render_panel(info: BackendInfo, answer: Answer | None, *, picked: bool = False, state: str = "idle",
+                 alias: str | None = None) -> str:
+    """HTML for one panel; every model or user string is escaped (answers may contain markup).
+
+    ``alias``: the blind label the judge saw ("Model A"); shown beside the name once it is revealed."""
+    shown_as = f"<span class='rl-meta'>{html.escape(alias)} · </span>" if alias else ""
     head = (
         "<div class='rl-panel-head'>"
-        f"<span class='rl-panel-name'>{html.escape(info.name)}</span>"
+        f"<span class='rl-panel-name'>{shown_as}{html.escape(info.name)}</span>"
         f"<span>{'<span class=rl-pick-badge>router pick</span> ' if picked else ''}{_kind_badge(info.kind)}</span></div>"
         f"<div class='rl-meta'>{_meta(info)}</div>"
     )
@@ -90,9 +111,10 @@ def build(infos: Sequence[BackendInfo], *, prefix: str, per_row: int = 3, with_v
 
 
 def verdicts_from(values: Sequence[str | None], names: Sequence[str]) -> dict[str, float]:
-    """Radio values -> {backend: 1.0 | 0.0}; skipped panels are left out."""
+    """Radio values -> {backend: 1.0 | 0.0}; skipped panels are left out. ``names``: the backend shown in
+    each panel, in panel order (shuffled in blind mode)."""
     out: dict[str, float] = {}
-    for name, value in zip(names, values):
+    for name, value in zip(names, values, strict=False):
         score = VERDICT_VALUES.get(value) if value else None
         if score is not None:
             out[name] = score

@@ -20,9 +20,30 @@ log = logging.getLogger("routelens")
 MAX_VERDICTS_JSON = 20_000
 
 
+#: Verdict words /judge accepts (the page's words and their plain forms), case-insensitive.
+VERDICT_WORDS: dict[str, float | None] = {
+    "correct": 1.0, "wrong": 0.0, "1": 1.0, "0": 0.0, "true": 1.0, "false": 0.0, "skip": None, "": None,
+}
+ACCEPTED_VERDICTS = 'correct, wrong, 1, 0, true, false (or null / "skip" to leave a backend unjudged)'
+
+
+def parse_verdict(value: Any, backend: str) -> float | bool | None:
+    """One verdict as sent: 1/0, true/false, a number in [0, 1], or a word of :data:`VERDICT_WORDS`
+    ("✓ correct" and "✗ wrong", the page's labels, too). Raises ValueError saying what is accepted."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value  # the store checks the range
+    if isinstance(value, str):
+        word = value.strip().lstrip("✓✗– ").strip().casefold()
+        if word in VERDICT_WORDS:
+            return VERDICT_WORDS[word]
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise ValueError(f"verdict for {backend!r} must be one of {ACCEPTED_VERDICTS}; got {shown!r}")
+    raise ValueError(f"verdict for {backend!r} must be one of {ACCEPTED_VERDICTS}; got {type(value).__name__}")
+
+
 def parse_verdicts(text: str | dict[str, Any]) -> dict[str, Any]:
-    """``{"backend": 1|0|true|false|null, ...}`` or ``{"verdicts": {...}, "best": ..., "true_answer": ...,
-    "reason": ..., "client_key": ...}``; raises ValueError with a clear message."""
+    """``{"backend": 1|0|true|false|"correct"|"wrong"|null, ...}`` or ``{"verdicts": {...}, "best": ...,
+    "true_answer": ..., "reason": ..., "client_key": ...}``; raises ValueError with a clear message."""
     if isinstance(text, dict):
         data = text
     else:
@@ -33,15 +54,15 @@ def parse_verdicts(text: str | dict[str, Any]) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise ValueError(f"verdicts are not valid JSON: {exc.msg}") from exc
     if not isinstance(data, dict):
-        raise ValueError('verdicts must be a JSON object such as {"clip": 1, "llava": 0}')
+        raise ValueError('verdicts must be a JSON object such as {"clip": "correct", "llava": "wrong"}')
     if "verdicts" in data:
         extra = {k: data.get(k) for k in ("best", "true_answer", "reason", "client_key")}
         verdicts = data["verdicts"]
     else:
         extra, verdicts = {}, data
     if not isinstance(verdicts, dict):
-        raise ValueError("verdicts must map backend names to 1 (correct), 0 (wrong) or null")
-    return {"verdicts": verdicts, **extra}
+        raise ValueError(f"verdicts must map backend names to {ACCEPTED_VERDICTS}")
+    return {"verdicts": {name: parse_verdict(value, str(name)) for name, value in verdicts.items()}, **extra}
 
 
 class Api:
@@ -66,6 +87,8 @@ class Api:
     def judge(self, query_id: str, verdicts: str, annotator: str, request: gr.Request | None = None) -> dict[str, Any]:
         """Store one judgment; {saved: n} (0 when the same client_key was stored before).
 
+        Verdicts: 1/0, true/false or the page's words "correct"/"wrong" (null leaves a backend unjudged).
+
         Behind ``--auth`` the annotator is the logged-in user, whatever the caller sends."""
         user = getattr(request, "username", None) if request is not None else None
         try:
@@ -77,7 +100,7 @@ class Api:
             )
         except ValueError as exc:
             raise gr.Error(f"not saved: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - JudgmentNotSaved and the like
+        except Exception as exc:  # JudgmentNotSaved and the like
             log.error("judgment not saved: %s", exc)
             raise gr.Error(f"not saved: {exc}") from exc
         return {"saved": saved}

@@ -35,7 +35,7 @@ def checked_image(**kwargs: Any) -> gr.Image:
             return preprocess(payload)
         except gr.Error:
             raise
-        except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for bad files
+        except Exception as exc:
             raise gr.Error(image_error_message(exc)) from exc
 
     image.preprocess = checked  # type: ignore[method-assign]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import random
-import gradio as gr
-
-from components.image_input import checked_image
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import gradio as gr
+
+from components.image_input import checked_image
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "examples"
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import gradio as gr
 
-from dataclasses import dataclass
-from typing import Any, Sequence
-
 BEST_EXTRA = [("Tie", "tie"), ("All wrong", "all_wrong")]
+
+
+def best_choices(options: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The best-answer radio's choices: (label, value) per panel, then tie and all wrong."""
+    return list(options) + BEST_EXTRA
 
 
 @dataclass
@@ -22,7 +28,7 @@ class JudgeHandles:
 def build(backend_names: Sequence[str], *, prefix: str = "", submit_label: str = "Save judgment") -> JudgeHandles:
     with gr.Group():
         best = gr.Radio(
-            [(name, name) for name in backend_names] + BEST_EXTRA, label="Best answer", elem_id=f"{prefix}best",
+            best_choices([(name, name) for name in backend_names]), label="Best answer", elem_id=f"{prefix}best",
         )
         with gr.Row():
             true_answer = gr.Textbox(label="True answer (optional)", max_lines=1, elem_id=f"{prefix}true-answer")

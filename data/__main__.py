@@ -1,8 +1,9 @@
 """Command line for the store.
 
     python -m data import PAIRS.jsonl --db DB [--skip-bad]
-    python -m data export --db DB --format csv|parquet|jsonl --out PATH [--source judgment|benchmark]
+    python -m data export --db DB --format csv|parquet|jsonl|arena --out PATH [--source judgment|benchmark]
     python -m data stats --db DB [--source judgment|benchmark|all] [--categories] [--json]
+    python -m data agreement --db DB [--session S] [--json]
     python -m data check --db DB
 
 ``--db`` defaults to $ROUTELENS_DB, else $ROUTELENS_DATA_DIR/routelens.sqlite, else var/routelens.sqlite.
@@ -32,7 +33,8 @@ EXIT_PARTIAL = 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data", description="RouteLens store: import, export, stats.")
+    parser = argparse.ArgumentParser(prog="python -m data",
+                                     description="RouteLens store: import, export, stats, agreement.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     db_help = f"database file (default: $ROUTELENS_DB, else $ROUTELENS_DATA_DIR/routelens.sqlite, else {default_db_path({})})"
 
@@ -44,9 +46,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export pairs and judgments")
     p.add_argument("--db", type=Path, default=None, help=db_help)
-    p.add_argument("--format", required=True, choices=("csv", "parquet", "jsonl"))
+    p.add_argument("--format", required=True, choices=("csv", "parquet", "jsonl", "arena"))
     p.add_argument("--out", required=True, type=Path,
-                   help="jsonl: the pairs file (judgments go to <stem>.judgments.jsonl); csv/parquet: a folder")
+                   help="jsonl: the pairs file (judgments go to <stem>.judgments.jsonl); csv/parquet: a folder; "
+                        "arena: the votes file (one battle per line, FastChat's fields)")
     p.add_argument("--source", choices=("judgment", "benchmark"), default=None,
                    help="export only pairs of this source (default: all)")
 
@@ -56,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="which pairs to score (default: judgments, and imported benchmark pairs separately)")
     p.add_argument("--categories", action="store_true", help="also print accuracy per category")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+
+    p = sub.add_parser("agreement", help="Krippendorff's alpha between annotators, and their disagreements")
+    p.add_argument("--db", type=Path, default=None, help=db_help)
+    p.add_argument("--session", default=None, help="only the judgments of this annotation session")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("check", help="run PRAGMA integrity_check")
     p.add_argument("--db", type=Path, default=None, help=db_help)
@@ -140,6 +148,41 @@ def _cmd_export(store: Store, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _cmd_agreement(store: Store, args: argparse.Namespace) -> int:
+    from data.agreement import report  # the krippendorff package only for this command
+
+    result = report(store, session_id=args.session)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True, ensure_ascii=False))
+        return EXIT_OK
+    scope = f"session {args.session}" if args.session else "all judgments"
+    print(f"agreement over {scope}: {result['items']} item(s) judged by two or more annotators, "
+          f"{result['units']} (item, backend) unit(s), {result['annotators_total']} annotator(s)")
+    print(f"Krippendorff's alpha ({result['level']}): {_number(result['krippendorff_alpha'])}  "
+          f"observed agreement: {_number(result['observed_agreement'])}")
+    for title, groups in (("backend", result["per_backend"]), ("category", result["per_category"])):
+        if groups:
+            print()
+            print(_table([title, "items", "alpha", "observed"], [
+                [name, g["items"], _number(g["krippendorff_alpha"]), _number(g["observed_agreement"])]
+                for name, g in groups.items()
+            ]))
+    if result["annotators"]:
+        print()
+        print(_table(["annotator", "units", "compared", "agree with majority"], [
+            [name, a["units"], a["compared"], _number(a["agreement_with_majority"])]
+            for name, a in result["annotators"].items()
+        ]))
+    split = result["disagreements"]
+    print()
+    print(f"{len(split)} item(s) where annotators split, {sum(d['adjudicated'] for d in split)} with a final verdict")
+    return EXIT_OK
+
+
 def _cmd_check(store: Store, args: argparse.Namespace) -> int:
     result = store.integrity_check()
     if result == ["ok"]:
@@ -154,7 +197,8 @@ def _cmd_check(store: Store, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     db_path = args.db if args.db is not None else default_db_path()
-    commands = {"import": _cmd_import, "export": _cmd_export, "stats": _cmd_stats, "check": _cmd_check}
+    commands = {"import": _cmd_import, "export": _cmd_export, "stats": _cmd_stats, "agreement": _cmd_agreement,
+                "check": _cmd_check}
     try:
         if args.command == "import" and not args.pairs.is_file():
             raise FileNotFoundError(f"no pairs file at {args.pairs}")

@@ -1,4 +1,4 @@
-"""Export a store's performance pairs and judgments as JSONL, CSV or Parquet.
+"""Export a store's performance pairs and judgments as JSONL, CSV or Parquet, and its battles as arena votes.
 
 - ``jsonl``: ``OUT`` is the pairs file, in exactly the format ``python -m data import`` reads (so
   export -> import keeps every row); the judgments go next to it in ``<OUT stem>.judgments.jsonl``.
@@ -9,6 +9,12 @@
 Judgment rows: one per judged backend of a judgment (a judgment with only a best answer gives one
 row with an empty backend): judgment_id, query_id, backend, correct, best, true_answer, reason,
 annotator, session_id, client_key, created_at, question, category, image_sha256, answer.
+
+``arena``: ``OUT`` is a JSONL file with one battle per pair of backends per judgment
+(:mod:`data.battles`), in the fields FastChat's rating code reads: ``model_a``, ``model_b``, ``winner``
+(``model_a``, ``model_b``, ``tie``, ``tie (bothbad)``), ``anony`` (blind and not flagged), ``judge``,
+``tstamp`` (Unix seconds), ``question_id``, ``category``, ``language`` (null: not known), plus
+``judgment_id``, ``session_id``, ``blind`` and ``flag_reason``.
 
 ``export_all(store, fmt, folder)`` does the same into ``folder`` and returns one zip of both files
 (the leaderboard's download button). Every file is written under a temporary name and renamed
@@ -32,9 +38,11 @@ from data.store import Store
 
 FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet")
 
+ARENA_FORMAT = "arena"
 JUDGMENT_FIELDS: tuple[str, ...] = (
     "judgment_id", "query_id", "backend", "correct", "best", "true_answer", "reason", "annotator",
     "session_id", "client_key", "created_at", "question", "category", "image_sha256", "answer",
+    "blind", "anonymous", "flag_reason", "guidelines_version",
 )
 
 
@@ -44,10 +52,22 @@ def judgments_jsonl_path(out: str | os.PathLike[str]) -> Path:
     return out.with_name(f"{stem}.judgments.jsonl")
 
 
+def export_arena(store: Store, out: str | os.PathLike[str], *, anonymous_only: bool = False) -> tuple[Path, int]:
+    """Write the battles as arena votes (JSONL, one battle a line); returns (path, battles written)."""
+    out = Path(os.path.abspath(out))
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; for arena, --out names the votes file (e.g. {out / 'votes.jsonl'})")
+    rows = (battle.to_arena() for battle in store.battles(anonymous_only=anonymous_only))
+    return out, _write_jsonl(rows, out)
+
+
 def export(store: Store, fmt: str, out: str | os.PathLike[str], *, source: str | None = None) -> dict[str, Any]:
-    """Write pairs and judgments; returns {"pairs": (path, rows), "judgments": (path, rows)}."""
+    """Write pairs and judgments; returns {"pairs": (path, rows), "judgments": (path, rows)}; for
+    ``arena``, {"battles": (path, rows)}."""
+    if fmt == ARENA_FORMAT:
+        return {"battles": export_arena(store, out)}
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ValueError(f"format must be one of {', '.join(FORMATS + (ARENA_FORMAT,))}, got {fmt!r}")
     out = Path(os.path.abspath(out))
     pairs = store.performance_pairs(source=source)
     if fmt == "jsonl":
@@ -137,9 +157,11 @@ def _write_parquet(rows: Iterator[dict[str, Any]], columns: tuple[str, ...], pat
     import pyarrow.parquet as pq
 
     floats = {"correct", "latency_s"}
-    ints = {"judgment_id"}
+    ints = {"judgment_id", "guidelines_version"}
+    bools = {"blind", "anonymous"}
     schema = pa.schema([
-        (name, pa.float64() if name in floats else pa.int64() if name in ints else pa.string())
+        (name, pa.float64() if name in floats else pa.int64() if name in ints else pa.bool_() if name in bools
+         else pa.string())
         for name in columns
     ])
     tmp = _atomic(path)

@@ -1,4 +1,5 @@
-"""Bradley-Terry ratings from "best answer" judgments, with bootstrap confidence intervals.
+"""Bradley-Terry ratings with bootstrap confidence intervals, fitted to the battles judgments give
+(:mod:`data.battles`: "best answer" votes, and verdicts where no best answer decides a pair).
 
 FastChat moved from online Elo to Bradley-Terry because Elo depends on the order of the games;
 BT fits all outcomes at once. Ratings are on the Elo scale (400 * log10 odds, mean 1000).

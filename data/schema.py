@@ -183,7 +183,69 @@ def _initial(db: Database) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _initial),)
+# --------------------------------------------------------------------------------------------------
+# Migration 2: studies. Blind judging, several annotators per item, guidelines, adjudications.
+
+_STUDIES = """
+-- Guidelines (Markdown) of a session or a dataset; each change is a new version, never an edit.
+CREATE TABLE guidelines (
+    id            INTEGER PRIMARY KEY,
+    scope         TEXT NOT NULL CHECK (scope IN ('session', 'dataset')),
+    key           TEXT NOT NULL,        -- the session id, or the dataset spec
+    version       INTEGER NOT NULL CHECK (version >= 1),
+    text          TEXT NOT NULL CHECK (length(text) <= 50000),
+    created_at    TEXT NOT NULL,
+    UNIQUE (scope, key, version)
+);
+
+-- Whether the judge saw the model names, why a blind judgment is not anonymous (a model named
+-- itself), and the guidelines it was made under.
+ALTER TABLE judgments ADD COLUMN blind INTEGER NOT NULL DEFAULT 0 CHECK (blind IN (0, 1));
+ALTER TABLE judgments ADD COLUMN flag_reason TEXT CHECK (flag_reason IS NULL OR length(flag_reason) <= 500);
+ALTER TABLE judgments ADD COLUMN guidelines_id INTEGER REFERENCES guidelines(id);
+CREATE INDEX judgments_session ON judgments(session_id);
+
+-- k judgments per item (by k different annotators); blind sessions hide the model names.
+ALTER TABLE sessions ADD COLUMN k INTEGER NOT NULL DEFAULT 1 CHECK (k BETWEEN 1 AND 100);
+ALTER TABLE sessions ADD COLUMN blind INTEGER NOT NULL DEFAULT 0 CHECK (blind IN (0, 1));
+
+-- Which annotator holds or has judged which item of a session; one row per (item, annotator), so
+-- an annotator is never given an item twice.
+CREATE TABLE session_assignments (
+    session_id    TEXT NOT NULL,
+    item_id       TEXT NOT NULL,
+    annotator     TEXT NOT NULL CHECK (length(annotator) BETWEEN 1 AND 100),
+    assigned_at   TEXT NOT NULL,        -- when it was (last) handed out
+    skipped_at    TEXT,                 -- skipped: the hold is released, the item comes back at the end
+    done_at       TEXT,                 -- judged
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (session_id, item_id, annotator),
+    FOREIGN KEY (session_id, item_id) REFERENCES session_items(session_id, item_id) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX session_assignments_annotator ON session_assignments(session_id, annotator);
+
+-- A lead annotator's final verdict on a (query, backend) whose annotators split; the latest one
+-- replaces the verdicts' mean in the performance pairs.
+CREATE TABLE adjudications (
+    id            INTEGER PRIMARY KEY,
+    query_id      TEXT NOT NULL,
+    backend       TEXT NOT NULL,
+    correct       REAL NOT NULL CHECK (correct >= 0 AND correct <= 1),
+    adjudicator   TEXT NOT NULL CHECK (length(adjudicator) BETWEEN 1 AND 100),
+    reason        TEXT CHECK (reason IS NULL OR length(reason) <= 2000),
+    created_at    TEXT NOT NULL,
+    FOREIGN KEY (query_id, backend) REFERENCES answers(query_id, backend) ON DELETE CASCADE
+);
+CREATE INDEX adjudications_query_backend ON adjudications(query_id, backend, id);
+"""
+
+
+def _studies(db: Database) -> None:
+    for statement in _split_sql(_STUDIES):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _initial), Migration(2, "studies", _studies))
 
 #: The schema version this code writes; a database with a higher user_version is refused.
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -20,6 +20,10 @@ MAX_QUESTION_CHARS = 10_000
 MAX_NAME_CHARS = 128
 MAX_KEY_CHARS = 200
 MAX_LABELS = 1000
+MAX_GUIDELINES_CHARS = 50_000
+MAX_FLAG_CHARS = 500
+#: Most judgments per item a session may ask for.
+MAX_K = 100
 #: Values of ``best`` that are not a backend name.
 BEST_SPECIAL: tuple[str, ...] = ("tie", "all_wrong")
 
@@ -109,6 +113,15 @@ def check_verdict(value: Any, backend: str) -> float | None:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     return check_number(value, f"verdict for {backend!r}", low=0.0, high=1.0)
+
+
+def check_k(value: Any) -> int:
+    """Judgments wanted per item: a whole number from 1 to :data:`MAX_K`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"judgments per item (k) must be a whole number, got {value!r}")
+    if not 1 <= int(value) <= MAX_K:
+        raise ValueError(f"judgments per item (k) must be from 1 to {MAX_K}, got {int(value)}")
+    return int(value)
 
 
 def normalize_since(since: Any) -> str | None:

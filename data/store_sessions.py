@@ -1,25 +1,43 @@
-"""Annotation sessions (tables ``sessions`` and ``session_items``): an annotator's items in order, and
-which are done, so a session resumes where it stopped."""
+"""Annotation sessions (tables ``sessions``, ``session_items``, ``session_assignments``, ``guidelines``).
+
+A session is a dataset's items in order, judged by one annotator or, for a study, by several: it
+asks for ``k`` judgments per item (default 1), each by a different annotator. Items are handed out
+by :meth:`SessionTables.claim_item`, one write transaction (``BEGIN IMMEDIATE``) that reads what is
+held and judged and records the hand-out together, so concurrent annotators (threads or processes)
+never receive an item twice nor push an item past ``k``. A hand-out that is neither judged nor skipped
+holds a place among the item's ``k`` for ``hold_s`` seconds, then frees it for others.
+
+Guidelines (Markdown) belong to a session or a dataset; every change is a new version, and each
+judgment records the version (``judgments.guidelines_id``) it was made under.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlite_utils import Database
 
 from data import schema
-from data.store_checks import MAX_ANNOTATOR_CHARS, MAX_KEY_CHARS, check_required
+from data.store_checks import (
+    MAX_ANNOTATOR_CHARS,
+    MAX_GUIDELINES_CHARS,
+    MAX_KEY_CHARS,
+    check_k,
+    check_required,
+    check_text,
+)
 from data.store_core import StoreCore
+
+#: How long an item handed out and not yet judged keeps its place among the item's k (seconds).
+HOLD_S = 1800.0
+GUIDELINE_SCOPES: tuple[str, ...] = ("session", "dataset")
 
 
 def mark_done(db: Database, session_id: str, item_id: str, now: str) -> bool:
-    """Mark an item done inside the caller's transaction; True if it was not done before.
-
-    ``record_judgment`` calls this in the judgment's own transaction, so progress and judgment are
-    saved together.
-    """
+    """Mark an item done inside the caller's transaction; True if it was not done before."""
     changed = db.execute(
         "UPDATE session_items SET done_at = ? WHERE session_id = ? AND item_id = ? AND done_at IS NULL",
         [now, session_id, item_id],
@@ -29,22 +47,90 @@ def mark_done(db: Database, session_id: str, item_id: str, now: str) -> bool:
     return bool(changed)
 
 
+def record_session_judgment(db: Database, session_id: str, item_id: str, annotator: str, now: str) -> None:
+    """Inside a judgment's transaction: the annotator's hand-out of the item is judged, and the item is
+    done once ``k`` different annotators judged it. Nothing happens when the item is not in the session."""
+    row = db.execute(
+        "SELECT s.k FROM session_items i JOIN sessions s ON s.id = i.session_id "
+        "WHERE i.session_id = ? AND i.item_id = ?", [session_id, item_id],
+    ).fetchone()
+    if row is None:
+        return
+    db.execute(
+        "INSERT INTO session_assignments (session_id, item_id, annotator, assigned_at, done_at, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, item_id, annotator) "
+        "DO UPDATE SET done_at = COALESCE(done_at, excluded.done_at), skipped_at = NULL",
+        [session_id, item_id, annotator, now, now, now],
+    )
+    db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", [now, session_id])
+    judged = db.execute(
+        "SELECT COUNT(*) FROM session_assignments WHERE session_id = ? AND item_id = ? AND done_at IS NOT NULL",
+        [session_id, item_id],
+    ).fetchone()[0]
+    if judged >= row[0]:
+        mark_done(db, session_id, item_id, now)
+
+
 def _summary(db: Database, row: Mapping[str, Any]) -> dict[str, Any]:
-    done_count, next_item = db.execute(
+    done_count, next_item, judged = db.execute(
         "SELECT COUNT(done_at), (SELECT item_id FROM session_items WHERE session_id = :id AND done_at IS NULL "
-        "ORDER BY position LIMIT 1) FROM session_items WHERE session_id = :id",
+        "ORDER BY position LIMIT 1), (SELECT COUNT(*) FROM session_assignments WHERE session_id = :id "
+        "AND done_at IS NOT NULL) FROM session_items WHERE session_id = :id",
         {"id": row["id"]},
     ).fetchone()
-    return {**dict(row), "done_count": done_count, "next_item": next_item}
+    summary = {**dict(row), "done_count": done_count, "next_item": next_item, "judgments": judged}
+    summary["blind"] = bool(summary.get("blind"))
+    return summary
+
+
+def _hold_cutoff(now: str, hold_s: float) -> str:
+    moment = datetime.fromisoformat(now) - timedelta(seconds=hold_s)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+# An item the annotator may take: not complete, never handed to them, and fewer than k places taken
+# (judged, or held by a hand-out newer than the cutoff).
+_CLAIMABLE_SQL = """
+SELECT i.item_id FROM session_items i
+WHERE i.session_id = :sid AND i.done_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM session_assignments a
+                  WHERE a.session_id = i.session_id AND a.item_id = i.item_id AND a.annotator = :who)
+  AND (SELECT COUNT(*) FROM session_assignments a
+       WHERE a.session_id = i.session_id AND a.item_id = i.item_id
+         AND (a.done_at IS NOT NULL OR (a.skipped_at IS NULL AND a.assigned_at >= :cutoff))) < :k
+ORDER BY i.position
+"""
+
+# The annotator's own hand-outs not judged yet: open ones first (resume), then skipped ones, oldest skip first.
+_OWN_OPEN_SQL = """
+SELECT a.item_id, a.skipped_at FROM session_assignments a
+JOIN session_items i ON i.session_id = a.session_id AND i.item_id = a.item_id
+WHERE a.session_id = :sid AND a.annotator = :who AND a.done_at IS NULL AND i.done_at IS NULL
+  AND (SELECT COUNT(*) FROM session_assignments o
+       WHERE o.session_id = a.session_id AND o.item_id = a.item_id AND o.annotator != a.annotator
+         AND (o.done_at IS NOT NULL OR (o.skipped_at IS NULL AND o.assigned_at >= :cutoff))) < :k
+ORDER BY a.skipped_at IS NOT NULL, a.skipped_at, i.position
+"""
 
 
 class SessionTables(StoreCore):
-    """Start, read and advance annotation sessions."""
+    """Start, join, read and advance annotation sessions; their guidelines."""
 
-    def start_session(self, annotator: str, dataset: str, item_ids: Sequence[str]) -> str:
-        """Start an annotation session over ``item_ids`` (in this order); returns its id."""
+    def start_session(
+        self, annotator: str, dataset: str, item_ids: Sequence[str], *, k: int = 1, blind: bool = False,
+        guidelines: str | None = None,
+    ) -> str:
+        """Start an annotation session over ``item_ids`` (in this order); returns its id.
+
+        ``k``: judgments wanted per item, each by a different annotator (1 to 100). ``blind``: the page
+        hides the model names until each judgment is saved. ``guidelines``: Markdown shown to every
+        annotator of the session (version 1; :meth:`set_guidelines` adds versions). The annotator who
+        starts it is the session's lead (the one who adjudicates its disagreements).
+        """
         annotator = check_required(annotator, "annotator", MAX_ANNOTATOR_CHARS).strip()
         dataset = check_required(dataset, "dataset", MAX_KEY_CHARS)
+        k = check_k(k)
+        guidelines = check_text(guidelines, "guidelines", MAX_GUIDELINES_CHARS, required=False)
         if isinstance(item_ids, (str, bytes)) or not isinstance(item_ids, Sequence):
             raise ValueError("item_ids must be a list of strings")
         items = [check_required(i, "item id", MAX_KEY_CHARS) for i in item_ids]
@@ -57,20 +143,24 @@ class SessionTables(StoreCore):
         def write(db: Database) -> None:
             now = schema.utc_now()
             db.execute(
-                "INSERT INTO sessions (id, annotator, dataset, total, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [session_id, annotator, dataset, len(items), now, now],
+                "INSERT INTO sessions (id, annotator, dataset, total, k, blind, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [session_id, annotator, dataset, len(items), k, int(bool(blind)), now, now],
             )
             db.conn.executemany(
                 "INSERT INTO session_items (session_id, position, item_id, created_at) VALUES (?, ?, ?, ?)",
                 [(session_id, i, item, now) for i, item in enumerate(items)],
             )
+            if guidelines and guidelines.strip():
+                _add_guidelines(db, "session", session_id, guidelines, now)
 
         self._transact(write, what="session")
         return session_id
 
     def session(self, session_id: str) -> dict[str, Any]:
-        """id, annotator, dataset, item_ids (in order), done (set), done_count, total, next_item
-        (the first item not done, None when finished), created_at, updated_at. KeyError if unknown."""
+        """id, annotator (the lead), dataset, k, blind, item_ids (in order), done (set of items judged k
+        times, or marked done), done_count, total, judgments (judged hand-outs), next_item (the first item
+        not done, None when finished), created_at, updated_at. KeyError if unknown."""
         session_id = check_required(session_id, "session_id", MAX_KEY_CHARS)
 
         def read(db: Database) -> dict[str, Any]:
@@ -88,8 +178,8 @@ class SessionTables(StoreCore):
         return self._read(read)
 
     def mark_item_done(self, session_id: str, item_id: str) -> None:
-        """Mark an item of a session done (idempotent). ``record_judgment`` with the session id does
-        this itself for the query's item. ValueError for an unknown session or item."""
+        """Mark an item of a session done (idempotent), however many judgments it has. ``record_judgment``
+        with the session id does this itself once the item has ``k``. ValueError for an unknown session or item."""
         session_id = check_required(session_id, "session_id", MAX_KEY_CHARS)
         item_id = check_required(item_id, "item id", MAX_KEY_CHARS)
 
@@ -104,11 +194,169 @@ class SessionTables(StoreCore):
         self._transact(write, what="session progress")
 
     def sessions_for(self, annotator: str) -> list[dict[str, Any]]:
-        """An annotator's sessions, most recently active first (summaries without the item lists)."""
+        """The sessions an annotator started or was handed items of, most recently active first
+        (summaries without the item lists)."""
         annotator = check_required(annotator, "annotator", MAX_ANNOTATOR_CHARS).strip()
         return self._read(lambda db: [
             _summary(db, row)
             for row in db.query(
-                "SELECT * FROM sessions WHERE annotator = ? ORDER BY updated_at DESC, created_at DESC", [annotator]
+                "SELECT * FROM sessions WHERE annotator = :who OR id IN "
+                "(SELECT DISTINCT session_id FROM session_assignments WHERE annotator = :who) "
+                "ORDER BY updated_at DESC, created_at DESC", {"who": annotator}
             )
         ])
+
+    def open_sessions(self, dataset: str | None = None) -> list[dict[str, Any]]:
+        """Sessions with items still to judge (of ``dataset`` when given), most recently active first,
+        for annotators to join."""
+        dataset = check_text(dataset, "dataset", MAX_KEY_CHARS, required=False)
+        return self._read(lambda db: [
+            _summary(db, row)
+            for row in db.query(
+                "SELECT * FROM sessions WHERE (:dataset IS NULL OR dataset = :dataset) AND EXISTS "
+                "(SELECT 1 FROM session_items i WHERE i.session_id = sessions.id AND i.done_at IS NULL) "
+                "ORDER BY updated_at DESC, created_at DESC", {"dataset": dataset}
+            )
+        ])
+
+    # ---------------------------------------------------------------- handing items out
+
+    def claim_item(self, session_id: str, annotator: str, *, hold_s: float = HOLD_S) -> str | None:
+        """The item ``annotator`` should judge next in a session, recorded as handed to them; None when
+        nothing is left for them.
+
+        In order: their own hand-out not judged yet (so a page reload or tomorrow resumes it), the first
+        item (in session order) they were never given that has fewer than ``k`` places taken, then the
+        items they skipped, oldest skip first. A place is taken by a judgment or by a hand-out younger
+        than ``hold_s`` that was not skipped. One ``BEGIN IMMEDIATE`` transaction: under any number of
+        concurrent annotators no one is given an item twice and no item is handed past ``k``.
+        KeyError for an unknown session.
+        """
+        session_id = check_required(session_id, "session_id", MAX_KEY_CHARS)
+        annotator = check_required(annotator, "annotator", MAX_ANNOTATOR_CHARS).strip()
+
+        def write(db: Database) -> str | None:
+            row = db.execute("SELECT k FROM sessions WHERE id = ?", [session_id]).fetchone()
+            if row is None:
+                raise KeyError(f"unknown session {session_id!r}")
+            now = schema.utc_now()
+            params = {"sid": session_id, "who": annotator, "k": row[0], "cutoff": _hold_cutoff(now, hold_s)}
+            own = db.execute(_OWN_OPEN_SQL, params).fetchall()
+            if own and own[0][1] is None:  # an open hand-out: resume it
+                db.execute(
+                    "UPDATE session_assignments SET assigned_at = ? WHERE session_id = ? AND item_id = ? AND annotator = ?",
+                    [now, session_id, own[0][0], annotator],
+                )
+                return own[0][0]
+            fresh = db.execute(_CLAIMABLE_SQL + " LIMIT 1", params).fetchone()
+            if fresh is not None:
+                db.execute(
+                    "INSERT INTO session_assignments (session_id, item_id, annotator, assigned_at, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)", [session_id, fresh[0], annotator, now, now],
+                )
+                return fresh[0]
+            if own:  # only skipped ones are left: the oldest skip comes back
+                db.execute(
+                    "UPDATE session_assignments SET skipped_at = NULL, assigned_at = ? "
+                    "WHERE session_id = ? AND item_id = ? AND annotator = ?", [now, session_id, own[0][0], annotator],
+                )
+                return own[0][0]
+            return None
+
+        return self._transact(write, what="item hand-out")
+
+    def skip_item(self, session_id: str, annotator: str, item_id: str) -> None:
+        """Release ``annotator``'s hold on an item without judging it: others may take its place, and it
+        comes back to them after every other item (:meth:`claim_item`). No-op if it was not handed to them."""
+        session_id = check_required(session_id, "session_id", MAX_KEY_CHARS)
+        annotator = check_required(annotator, "annotator", MAX_ANNOTATOR_CHARS).strip()
+        item_id = check_required(item_id, "item id", MAX_KEY_CHARS)
+        self._transact(lambda db: db.execute(
+            "UPDATE session_assignments SET skipped_at = ? WHERE session_id = ? AND item_id = ? AND annotator = ? "
+            "AND done_at IS NULL", [schema.utc_now(), session_id, item_id, annotator],
+        ), what="skip")
+
+    def progress(self, session_id: str, annotator: str | None = None) -> dict[str, Any]:
+        """A session's progress: total items, items done, k, judgments made of the ``total * k`` wanted,
+        and, with ``annotator``, how many items they judged (``mine``) and the items they judged (``mine_items``)."""
+        session_id = check_required(session_id, "session_id", MAX_KEY_CHARS)
+
+        def read(db: Database) -> dict[str, Any]:
+            row = db.execute("SELECT total, k FROM sessions WHERE id = ?", [session_id]).fetchone()
+            if row is None:
+                raise KeyError(f"unknown session {session_id!r}")
+            done = db.execute("SELECT COUNT(*) FROM session_items WHERE session_id = ? AND done_at IS NOT NULL",
+                              [session_id]).fetchone()[0]
+            judged = db.execute("SELECT COUNT(*) FROM session_assignments WHERE session_id = ? AND done_at IS NOT NULL",
+                                [session_id]).fetchone()[0]
+            mine = [r[0] for r in db.execute(
+                "SELECT item_id FROM session_assignments WHERE session_id = ? AND annotator = ? AND done_at IS NOT NULL",
+                [session_id, (annotator or "").strip()],
+            )] if annotator else []
+            return {"total": row[0], "k": row[1], "done": done, "judgments": judged, "wanted": row[0] * row[1],
+                    "mine": len(mine), "mine_items": set(mine)}
+
+        return self._read(read)
+
+    def item_query(self, session_id: str, item_id: str, backends: Sequence[str]) -> str | None:
+        """The first query of a session item that every one of ``backends`` answered, so later annotators
+        of the item judge the same answers; None when there is none."""
+        names = list(backends)
+        if not names:
+            return None
+        marks = ", ".join("?" for _ in names)
+        row = self._read(lambda db: db.execute(
+            f"SELECT q.id FROM queries q WHERE q.session_id = ? AND q.item_id = ? AND "
+            f"(SELECT COUNT(DISTINCT a.backend) FROM answers a WHERE a.query_id = q.id AND a.backend IN ({marks})) = ? "
+            "ORDER BY q.created_at, q.id LIMIT 1", [session_id, item_id, *names, len(names)],
+        ).fetchone())
+        return None if row is None else row[0]
+
+    # ---------------------------------------------------------------- guidelines
+
+    def set_guidelines(self, scope: str, key: str, text: str) -> dict[str, Any]:
+        """Record guidelines (Markdown) for a session (``scope="session"``, key its id) or a dataset (key its
+        spec). A text equal to the latest version's is not stored again. Returns the version's row
+        (id, scope, key, version, text, created_at)."""
+        scope, key, text = _check_guidelines(scope, key, text)
+
+        def write(db: Database) -> dict[str, Any]:
+            latest = _latest_guidelines(db, scope, key)
+            if latest is not None and latest["text"] == text:
+                return latest
+            _add_guidelines(db, scope, key, text, schema.utc_now())
+            latest = _latest_guidelines(db, scope, key)
+            assert latest is not None  # just inserted
+            return latest
+
+        return self._transact(write, what="guidelines")
+
+    def guidelines(self, scope: str, key: str) -> dict[str, Any] | None:
+        """The latest guidelines of a session or dataset (see :meth:`set_guidelines`), or None."""
+        if scope not in GUIDELINE_SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(GUIDELINE_SCOPES)}, got {scope!r}")
+        key = check_required(key, "guidelines key", MAX_KEY_CHARS)
+        return self._read(lambda db: _latest_guidelines(db, scope, key))
+
+
+def _check_guidelines(scope: Any, key: Any, text: Any) -> tuple[str, str, str]:
+    if scope not in GUIDELINE_SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(GUIDELINE_SCOPES)}, got {scope!r}")
+    key = check_required(key, "guidelines key", MAX_KEY_CHARS)
+    text = check_text(text, "guidelines", MAX_GUIDELINES_CHARS, required=False) or ""
+    return scope, key, text
+
+
+def _latest_guidelines(db: Database, scope: str, key: str) -> dict[str, Any] | None:
+    rows = list(db.query(
+        "SELECT id, scope, key, version, text, created_at FROM guidelines WHERE scope = ? AND key = ? "
+        "ORDER BY version DESC LIMIT 1", [scope, key],
+    ))
+    return rows[0] if rows else None
+
+
+def _add_guidelines(db: Database, scope: str, key: str, text: str, now: str) -> None:
+    version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM guidelines WHERE scope = ? AND key = ?",
+                         [scope, key]).fetchone()[0]
+    db.execute("INSERT INTO guidelines (scope, key, version, text, created_at) VALUES (?, ?, ?, ?, ?)",
+               [scope, key, version, text, now])

@@ -1,5 +1,6 @@
-"""Statistics over the store's performance pairs and judgments: accuracy per backend and category, and
-the pairwise outcomes that Bradley-Terry ratings are fitted to (:mod:`data.ratings`)."""
+"""Statistics over the store's performance pairs and judgments: accuracy per backend and category, the
+pairwise outcomes of "best answer" votes, and the battles of every judgment (:mod:`data.battles`) that
+Bradley-Terry ratings (:mod:`data.ratings`) and the arena export are built on."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from data import battles as _battles
 from data.store_checks import BEST_SPECIAL, normalize_since
 from data.store_core import StoreCore, count_rows
 from data.store_pairs import pair_parts
@@ -109,3 +111,42 @@ class StatsTables(StoreCore):
             return outcomes
 
         return self._read(read)
+
+    def battles(self, *, anonymous_only: bool = False, since: Any = None) -> list[_battles.Battle]:
+        """One battle per pair of backends per judgment (rules: :mod:`data.battles`), oldest first.
+
+        ``anonymous_only`` keeps the battles of blind judgments that no model's self-identification
+        flagged (FastChat's anonymous battles): the fair votes the leaderboard rates by default.
+        """
+        since_iso = normalize_since(since)
+
+        def read(db: Database) -> list[dict[str, Any]]:
+            records = {}
+            for row in db.query(
+                "SELECT j.id, j.query_id, j.best, j.annotator, j.blind, j.flag_reason, j.created_at, j.session_id, "
+                "COALESCE(q.category, d.category) AS category FROM judgments j JOIN queries q ON q.id = j.query_id "
+                "LEFT JOIN decisions d ON d.query_id = j.query_id "
+                "WHERE (:since IS NULL OR j.created_at >= :since) "
+                "AND (:anon = 0 OR (j.blind = 1 AND j.flag_reason IS NULL)) ORDER BY j.id",
+                {"since": since_iso, "anon": int(bool(anonymous_only))},
+            ):
+                records[row["id"]] = {**row, "verdicts": {}, "answered": []}
+            if not records:
+                return []
+            for judgment_id, backend, correct in db.execute(
+                "SELECT v.judgment_id, v.backend, v.correct FROM verdicts v JOIN judgments j ON j.id = v.judgment_id "
+                "WHERE (:since IS NULL OR j.created_at >= :since)", {"since": since_iso},
+            ):
+                if judgment_id in records:
+                    records[judgment_id]["verdicts"][backend] = correct
+            answered: dict[str, list[str]] = {}
+            for query_id, backend in db.execute(
+                "SELECT query_id, backend FROM answers WHERE query_id IN (SELECT query_id FROM judgments "
+                "WHERE (:since IS NULL OR created_at >= :since)) ORDER BY query_id, backend", {"since": since_iso},
+            ):
+                answered.setdefault(query_id, []).append(backend)
+            for record in records.values():
+                record["answered"] = answered.get(record["query_id"], [])
+            return list(records.values())
+
+        return _battles.derive(self._read(read))

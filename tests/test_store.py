@@ -60,7 +60,8 @@ def test_open_creates_the_schema_in_wal_with_foreign_keys(store, db_path):
         assert tables >= TABLES
         assert raw.execute("PRAGMA user_version").fetchone()[0] == schema.LATEST_VERSION
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT version, name FROM schema_migrations").fetchall() == [(1, "initial")]
+        assert raw.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall() == [
+            (m.version, m.name) for m in schema.MIGRATIONS]
         for table in TABLES:  # every row timestamped
             columns = {r[1] for r in raw.execute(f"PRAGMA table_info({table})")}
             assert columns & {"created_at", "applied_at"}, table
@@ -86,7 +87,7 @@ def _extra_migrations(fail: bool):
         if fail:
             raise RuntimeError("boom")
 
-    return schema.MIGRATIONS + (schema.Migration(2, "notes", add_notes),)
+    return schema.MIGRATIONS + (schema.Migration(schema.LATEST_VERSION + 1, "notes", add_notes),)
 
 
 def test_a_failing_migration_rolls_back_alone(db_path):
@@ -94,14 +95,14 @@ def test_a_failing_migration_rolls_back_alone(db_path):
         qid = add_query(store)
     db = Database(sqlite3.connect(db_path, isolation_level=None))
     try:
-        with pytest.raises(schema.MigrationError, match="migration 2 \\(notes\\) failed: boom") as caught:
+        with pytest.raises(schema.MigrationError, match=f"migration {schema.LATEST_VERSION + 1} \\(notes\\) failed: boom") as caught:
             schema.migrate(db, migrations=_extra_migrations(fail=True))
-        assert caught.value.version == 1
-        assert schema.user_version(db.conn) == 1 and not db["notes"].exists()
+        assert caught.value.version == schema.LATEST_VERSION
+        assert schema.user_version(db.conn) == schema.LATEST_VERSION and not db["notes"].exists()
         assert "flagged" not in db["judgments"].columns_dict
-        assert schema.migrate(db, migrations=_extra_migrations(fail=False)) == [2]
-        assert schema.user_version(db.conn) == 2 and db["notes"].exists()
-        assert [r["name"] for r in db.query("SELECT name FROM schema_migrations ORDER BY version")] == ["initial", "notes"]
+        assert schema.migrate(db, migrations=_extra_migrations(fail=False)) == [schema.LATEST_VERSION + 1]
+        assert schema.user_version(db.conn) == schema.LATEST_VERSION + 1 and db["notes"].exists()
+        assert [r["name"] for r in db.query("SELECT name FROM schema_migrations ORDER BY version")] == [m.name for m in schema.MIGRATIONS] + ["notes"]
         assert db.execute("SELECT COUNT(*) FROM queries WHERE id = ?", [qid]).fetchone()[0] == 1
         assert schema.migrate(db, migrations=_extra_migrations(fail=False)) == []
     finally:
@@ -128,7 +129,7 @@ def test_threads_opening_a_fresh_database_at_once_migrate_once(db_path):
         s.close()
     assert errors == []
     with Store.open(db_path) as store:
-        assert store._db().execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 1
+        assert store._db().execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(schema.MIGRATIONS)
 
 
 def test_garbage_file_is_refused_and_left_unchanged(db_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from data import schema
 from data.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,7 +235,7 @@ def test_processes_opening_a_fresh_database_at_once_migrate_once(tmp_path):
                 proc.wait()
     raw = sqlite3.connect(path)
     try:
-        assert raw.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 1
+        assert raw.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(schema.MIGRATIONS)
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         raw.close()
