@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from components.cost_quality import CostQualityPanel
 from components.runtime import Runtime
 from components.study_panel import headline_ratings_figure
 from data.ratings import bradley_terry_with_ci
@@ -115,6 +116,7 @@ class LeaderboardView:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.names = [b.name for b in runtime.backends]
+        self.cost_quality = CostQualityPanel(lambda: self.runtime.router.card())
 
     def refresh(self) -> list[Any]:
         store = self.runtime.store
@@ -122,7 +124,7 @@ class LeaderboardView:
         versions = self.runtime.router.versions()
         if store is None:
             empty = _empty_figure("The database is unavailable.")
-            return [counts_markdown(stats), empty, empty, empty, empty, self._version_choices(versions)]
+            return [counts_markdown(stats), empty, empty, empty, empty, self._version_choices(versions), *self.cost_quality.refresh()]
         return [
             counts_markdown(stats),
             accuracy_figure(stats_to_frame(stats)),  # the stats already read, not a second query
@@ -130,6 +132,7 @@ class LeaderboardView:
             versions_figure(versions),
             reliability_figure(self.runtime.router.card()),
             self._version_choices(versions),
+            *self.cost_quality.refresh(),
         ]
 
     @staticmethod
@@ -172,6 +175,7 @@ class LeaderboardView:
         with gr.Row():
             versions_plot = gr.Plot(show_label=False, elem_id="lb-versions")
             reliability = gr.Plot(show_label=False, elem_id="lb-reliability")
+        self.cost_quality.build()
         with gr.Row():
             with gr.Column():
                 force = gr.Checkbox(label="Force: promote even if it does not beat the active router", value=False)
@@ -187,7 +191,7 @@ class LeaderboardView:
             export = gr.Button("Prepare download", elem_id="lb-export")
             download = gr.File(label="Download", interactive=False, height=90, elem_id="lb-download")
 
-        outputs = [counts, accuracy, ratings, versions_plot, reliability, version]
+        outputs = [counts, accuracy, ratings, versions_plot, reliability, version, *self.cost_quality.outputs]
         refresh.click(self.refresh, None, outputs)
 
         def do_retrain(force_value: bool, progress=gr.Progress()):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import html
-import gradio as gr
-
 from dataclasses import dataclass
 from typing import Any
 
+import gradio as gr
 import numpy as np
 
 from router.base import choose_by_utility, utility_matrix
@@ -21,7 +20,12 @@ class RouterCardHandles:
 
 
 def rerank(decision: dict[str, Any], costs: dict[str, float], lambda_cost: float) -> dict[str, Any]:
-    """The same decision under another cost trade-off (no model call: the probabilities stay)."""
+    """The same decision under another cost trade-off (no model call: the probabilities stay).
+
+    The bare category rule has no probabilities; its pick does not depend on the cost weight.
+    """
+    if not decision.get("probabilities"):
+        return dict(decision, lambda_cost=float(lambda_cost))
     names = list(decision["probabilities"])
     probs = np.array([decision["probabilities"][n] for n in names])
     cost = np.array([costs.get(n, 0.0) for n in names])
@@ -41,18 +45,23 @@ def render_card(decision: dict[str, Any] | None, kinds: dict[str, str], *, waiti
         text = html.escape(waiting or "Ask a question: the router's pick appears here before the answers.")
         return f"<div class='rl-card' id='router-card'><div class='rl-route-meta'>{text}</div></div>"
     choice = html.escape(decision["choice"])
-    confidence = 100 * float(decision.get("confidence", 0.0))
+    confidence = decision.get("confidence")
+    badge = (f"<span class='rl-conf'>{100 * float(confidence):.0f}%</span>" if confidence is not None
+             else "<span class='rl-conf' title='no measured router yet'>rule</span>")
     kind = html.escape(kinds.get(decision["choice"], ""))
     category = html.escape(str(decision.get("category") or "unknown"))
     version = html.escape(str(decision.get("version") or "-"))
     latency = float(decision.get("latency_ms") or 0.0)
     lam = float(decision.get("lambda_cost") or 0.0)
     fallback = decision.get("fallback")
+    note = decision.get("note")
     extra = f"<div class='rl-notice'>{html.escape(str(fallback))}</div>" if fallback else ""
+    if note:
+        extra += f"<div class='rl-route-meta rl-note' id='router-note'>{html.escape(str(note))}</div>"
     return (
         "<div class='rl-card' id='router-card'>"
         "<div class='rl-route-meta'>Router pick</div>"
-        f"<div class='rl-route-choice'>{choice} <span class='rl-conf'>{confidence:.0f}%</span></div>"
+        f"<div class='rl-route-choice'>{choice} {badge}</div>"
         f"<div class='rl-route-meta'>{kind} · predicted task: <b>{category}</b> · router {version} · "
         f"decided in {latency:.0f} ms · cost weight λ={lam:.2f}</div>{extra}</div>"
     )
@@ -63,9 +72,13 @@ def render_chart(decision: dict[str, Any] | None, kinds: dict[str, str]):
     import plotly.graph_objects as go
 
     figure = go.Figure()
-    if decision:
-        names = list(decision["probabilities"])
-        values = [100 * float(decision["probabilities"][n]) for n in names]
+    probabilities = (decision or {}).get("probabilities")
+    if decision and not probabilities:
+        figure.add_annotation(text="No measured P(correct) yet: the category rule decides", showarrow=False,
+                              x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=12, color="#6b7280"))
+    if probabilities:
+        names = list(probabilities)
+        values = [100 * float(probabilities[n]) for n in names]
         colours = ["#4f46e5" if n == decision["choice"] else ("#93b4f0" if kinds.get(n) == "vlm" else "#c4b0ef") for n in names]
         figure.add_bar(
             x=values, y=names, orientation="h", marker_color=colours,
@@ -73,11 +86,11 @@ def render_chart(decision: dict[str, Any] | None, kinds: dict[str, str]):
             hovertemplate="%{y}: %{x:.1f}% chance of a correct answer<extra></extra>",
         )
     figure.update_layout(
-        height=70 + 38 * max(1, len(decision["probabilities"]) if decision else 2),
+        height=70 + 38 * max(1, len(probabilities) if probabilities else 2),
         margin=dict(l=10, r=10, t=30, b=10),
         title=dict(text="P(correct answer) per backend", font=dict(size=13)),
-        xaxis=dict(range=[0, 112], ticksuffix="%", tickvals=[0, 25, 50, 75, 100]),
-        yaxis=dict(autorange="reversed"),
+        xaxis=dict(range=[0, 112], ticksuffix="%", tickvals=[0, 25, 50, 75, 100], visible=bool(probabilities)),
+        yaxis=dict(autorange="reversed", visible=bool(probabilities)),
         plot_bgcolor="rgba(0,0,0,0)",
         paper_bgcolor="rgba(0,0,0,0)",
     )

@@ -73,19 +73,26 @@ class Decision:
     router_kind: str = ""
     #: None when the learned choice stands; otherwise why another backend was chosen.
     fallback: str | None = None
+    #: How the scores were reached when the card should say so ("unfamiliar question: ...").
+    note: str | None = None
+    #: False when no measured router or prior stands behind the probabilities (the bare category rule):
+    #: then ``to_json`` gives ``confidence`` and ``probabilities`` as null instead of invented numbers.
+    measured: bool = True
 
     def to_json(self) -> dict[str, Any]:
+        measured = self.measured
         return {
             "choice": self.choice,
-            "confidence": round(float(self.confidence), 6),
-            "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()},
-            "utilities": {k: round(float(v), 6) for k, v in self.utilities.items()},
+            "confidence": round(float(self.confidence), 6) if measured else None,
+            "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()} if measured else None,
+            "utilities": {k: round(float(v), 6) for k, v in self.utilities.items()} if measured else None,
             "category": self.category,
             "version": self.version,
             "router_kind": self.router_kind,
             "lambda_cost": self.lambda_cost,
             "latency_ms": round(float(self.latency_ms), 3),
             "fallback": self.fallback,
+            "note": self.note,
         }
 
 
@@ -95,6 +102,8 @@ class Scores:
 
     probabilities: np.ndarray
     category: str | None = None
+    #: A line for the card about how these scores were reached (e.g. leaning on the prior).
+    note: str | None = None
 
 
 def normalised_costs(costs: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -164,6 +173,11 @@ class Router(ABC):
         self.fallback_backend = fallback_backend or names[0]
 
     # ------------------------------------------------------------------ for subclasses
+    @property
+    def measured(self) -> bool:
+        """True when measured data stands behind this router's probabilities (baselines may say no)."""
+        return True
+
     @property
     def backend_names(self) -> list[str]:
         return [b.name for b in self.backends]
@@ -235,11 +249,13 @@ class Router(ABC):
             utilities = utility_matrix(probs, self.costs, lam)
             index = self._choose(utilities, scores)
             category = scores.category
+            note = scores.note
         except Exception as exc:  # a decision must come back whatever failed
             probs = np.full(len(names), np.nan)
             utilities = np.full(len(names), np.nan)
             index = names.index(self.fallback_backend)
             category = None
+            note = None
             fallback = f"router {self.version} failed ({exc.__class__.__name__}: {str(exc)[:200]}); using {self.fallback_backend}"
         confidence = float(probs[index]) if np.isfinite(probs[index]) else 0.0
         if fallback is None and self.min_confidence is not None and confidence < self.min_confidence:
@@ -263,6 +279,8 @@ class Router(ABC):
             lambda_cost=lam,
             router_kind=self.kind,
             fallback=fallback,
+            note=note,
+            measured=self.measured,
         )
 
     def describe(self) -> dict[str, Any]:

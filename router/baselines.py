@@ -106,6 +106,11 @@ class CategoryRuleRouter(Router):
                 self._best[kind] = max(members, key=lambda i: (overall[i], -i))
         self._overall_best = int(np.argmax(overall))
 
+    @property
+    def measured(self) -> bool:
+        """Only priors from pairs make its probabilities numbers; without them it is the bare rule."""
+        return bool(self.priors.accuracy)
+
     def _category(self, question: str, hint: Any) -> str:
         return normalise_category(hint) or classify_question(question)
 
@@ -115,7 +120,10 @@ class CategoryRuleRouter(Router):
 
     def _score(self, image: ImageInput, question: str, **context: Any) -> Scores:
         category = self._category(question, context.get("category"))
-        return Scores(self.priors.vector(self.backend_names, category), category)
+        kind = "vlm" if is_recognition(category) else "vlm+llm"
+        task = "recognition" if kind == "vlm" else "reasoning or knowledge"
+        note = f"category rule: '{category}' is a {task} task, so the {kind} backend answers"
+        return Scores(self.priors.vector(self.backend_names, category), category, note)
 
     def _choose(self, utilities: np.ndarray, scores: Scores) -> int:
         return self._index_for(scores.category)

@@ -21,6 +21,7 @@ import numpy as np
 from router.base import BackendChoice, ImageInput, Router, RouterError, Scores
 from router.calibration import Calibrator
 from router.categories import CATEGORIES, classify_question
+from router.correction import PriorCorrection
 from router.features import FeatureExtractor
 
 
@@ -116,6 +117,7 @@ class EmbeddingRouter(Router):
         calibrator: Calibrator,
         categories: Sequence[str] = CATEGORIES,
         card: dict[str, Any] | None = None,
+        correction: PriorCorrection | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(backends, **kwargs)
@@ -128,26 +130,43 @@ class EmbeddingRouter(Router):
         self.calibrator = calibrator
         self.categories = list(categories)
         self.card: dict[str, Any] = dict(card or {})
+        #: The per-category prior these heads correct, and the lean back to it for unfamiliar input.
+        self.correction = correction
 
     # ------------------------------------------------------------------ scoring
-    def score_features(self, features: np.ndarray, questions: Sequence[str] | None = None) -> tuple[np.ndarray, list[str | None]]:
+    def score_features(
+        self, features: np.ndarray, questions: Sequence[str] | None = None, labels: Sequence[Any] | None = None
+    ) -> tuple[np.ndarray, list[str | None]]:
         """Calibrated P(correct) (n, b) and predicted categories from precomputed feature vectors."""
-        logits, cat_logits = self.heads.forward(np.atleast_2d(features))
+        probs, cats, _ = self._score_rows(features, questions, labels)
+        return probs, cats
+
+    def _score_rows(
+        self, features: np.ndarray, questions: Sequence[str] | None, labels: Sequence[Any] | None = None
+    ) -> tuple[np.ndarray, list[str | None], np.ndarray]:
+        """Probabilities, categories and each row's familiarity weight (1 where there is no correction)."""
+        features = np.atleast_2d(features)
+        logits, cat_logits = self.heads.forward(features)
         probs = self.calibrator.transform(logits)
+        weight = np.ones(probs.shape[0])
+        if self.correction is not None and questions is not None:
+            probs, weight = self.correction.apply(probs, features, questions, self.backends, labels)
         if cat_logits is not None:
             cats: list[str | None] = [self.categories[i] for i in np.argmax(cat_logits, axis=1)]
         elif questions is not None:
             cats = [classify_question(q) for q in questions]
         else:
             cats = [None] * probs.shape[0]
-        return probs, cats
+        return probs, cats, weight
 
     def _score(self, image: ImageInput, question: str, **context: Any) -> Scores:
         text = self.extractor.text_encoder.encode([question])[0]
         image_vec = self.extractor.image_vector(image) if image is not None else None
         feats = self.extractor.assemble(text, image_vec)
-        probs, cats = self.score_features(feats[None, :], [question])
-        return Scores(probs[0], cats[0])
+        labels = context.get("labels")
+        probs, cats, weight = self._score_rows(feats[None, :], [question], [labels] if labels else None)
+        note = self.correction.note(float(weight[0])) if self.correction is not None else None
+        return Scores(probs[0], cats[0], note)
 
     def score_batch(self, images: Sequence[ImageInput], questions: Sequence[str], **context: Any) -> tuple[np.ndarray, list[str | None]]:
         keys = context.get("image_keys")
@@ -184,6 +203,7 @@ class EmbeddingRouter(Router):
             calibrator=sub_cal,
             categories=self.categories,
             card=self.card,
+            correction=self.correction,
             version=self.version,
             lambda_cost=self.lambda_cost,
             min_confidence=self.min_confidence,
@@ -200,6 +220,8 @@ class EmbeddingRouter(Router):
     def state_tensors(self) -> dict[str, np.ndarray]:
         tensors = self.heads.to_tensors()
         tensors.update(self.calibrator.to_tensors())
+        if self.correction is not None:
+            tensors.update(self.correction.to_tensors())
         return tensors
 
     def describe(self) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class TrainOutcome:
     warnings: list[str]
     #: The active version's metrics on the same held-out rows (None when there was no active version).
     active_metrics: dict[str, Any] | None = None
+    #: Paired-bootstrap differences (see :func:`register_and_promote`); empty without an active version.
+    comparison: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         metrics = self.card.get("metrics", {})
@@ -67,6 +69,7 @@ class TrainOutcome:
                 "routed_accuracy", "best_single_accuracy", "oracle_accuracy", "random_accuracy",
                 "category_rule_accuracy", "selection_accuracy", "ece", "mean_cost", "decision_ms_p50",
             )},
+            "promotion": self.comparison or {},
             "warnings": self.warnings,
         }
 
@@ -115,7 +118,7 @@ def train_version(
     promotion = register_and_promote(registry, result, out_dir, force=force, load_kwargs=load_kwargs)
     return TrainOutcome(
         promotion.version, promotion.path, promotion.promoted, promotion.reason, result.card, result.warnings,
-        promotion.active_metrics,
+        promotion.active_metrics, promotion.comparison,
     )
 
 
@@ -128,6 +131,43 @@ class PromotionResult:
     reason: str
     candidate_metrics: dict[str, Any]
     active_metrics: dict[str, Any] | None
+    #: Paired-bootstrap differences against the active version, the best single backend, the category rule.
+    comparison: dict[str, Any] | None = None
+
+
+#: Promote when the 95% lower bound of (candidate - active) routed accuracy is above this.
+PROMOTION_MARGIN = -0.01
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def routed_correctness(router: Router, table: PairTable, rows: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+    """Per-row correctness (0..1) of the backend ``router`` picks on ``rows`` (each row judged for it)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    questions = [table.questions[i] for i in rows]
+    if features is not None and hasattr(router, "score_features"):
+        probs, cats = router.score_features(features, questions)
+    else:
+        probs, cats = router.score_batch(
+            [table.images[i] for i in rows], questions, image_keys=[table.image_keys[i] for i in rows]
+        )
+    picks = np.asarray(router.choose_batch(probs, categories=cats), dtype=np.int64)
+    cols = np.array([table.backends.index(n) for n in router.backend_names])
+    return table.correct[rows, cols[picks]].astype(np.float64)
+
+
+def paired_bootstrap(diff: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``diff`` over query resamples (paired: one draw, both routers)."""
+    diff = np.asarray(diff, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def compare_on_rows(candidate: np.ndarray, other: np.ndarray, seed: int = 0) -> dict[str, float]:
+    diff = candidate - other
+    low, high = paired_bootstrap(diff, seed=seed)
+    return {"difference": round(float(diff.mean()), 6), "ci95": [round(low, 6), round(high, 6)], "n_queries": int(diff.size)}
 
 
 def register_and_promote(
@@ -138,17 +178,22 @@ def register_and_promote(
     force: bool = False,
     load_kwargs: Mapping[str, Any] | None = None,
 ) -> PromotionResult:
-    """Save a trained router as a version and make it active only if it beats the active one.
+    """Save a trained router as a version and make it active only if it is not worse than the active one.
 
-    "Beats" = higher routed accuracy on the candidate's held-out queries (the same rows for both;
-    the image split is stable, so the active version did not train on them either when it used the
-    same split salt). Ties keep the active version. ``force`` promotes regardless.
+    Judged on the held-out queries both can be scored on (the image split is stable, so the active
+    version did not train on them either when it used the same split salt) by a paired bootstrap of the
+    difference in routed accuracy: promoted when the 95% lower bound is above ``PROMOTION_MARGIN`` and the
+    difference is not negative, unless both pick the same backend on every row (nothing to gain). It fails
+    closed: any error while evaluating the active version keeps the active one. ``force`` promotes
+    regardless. The comparison (and the candidate against the best single backend and the category rule on
+    the same rows) goes into the card under ``promotion``.
     """
     router = result.router
     path = save_router(router, Path(out_dir) / router.version)
     candidate = result.card["metrics"]
     active_version = registry.active_version()
     active_metrics: dict[str, Any] | None = None
+    comparison: dict[str, Any] = {}
     if active_version is None:
         promoted, reason = True, "no active router yet"
     else:
@@ -160,18 +205,46 @@ def register_and_promote(
             position = {q: i for i, q in enumerate(result.heldout_index)}
             feats = result.features[result.heldout_index][[position[q] for q in rows]]
             active_metrics = evaluate(active, result.table, rows, lambda_cost=router.lambda_cost, timing_sample=0)
-            cand = evaluate(router, result.table, rows, features=feats, timing_sample=0)
-            promoted = (cand["routed_accuracy"] or 0.0) > (active_metrics["routed_accuracy"] or 0.0) + 1e-9
+            new = routed_correctness(router, result.table, rows, feats)
+            old = routed_correctness(active, result.table, rows)
+            comparison["vs_active"] = compare_on_rows(new, old)
+            comparison.update(_against_baselines(router, result, rows, new))
+            low = comparison["vs_active"]["ci95"][0]
+            same = bool(np.array_equal(new, old))
+            promoted = (not same) and low > PROMOTION_MARGIN and comparison["vs_active"]["difference"] >= 0
+            diff = comparison["vs_active"]
             reason = (
-                f"routed accuracy on the same {cand['n_queries']} held-out queries: candidate {cand['routed_accuracy']:.4f} "
-                f"vs active {active_version} {active_metrics['routed_accuracy']:.4f}"
+                f"routed accuracy on the same {diff['n_queries']} held-out queries: candidate {new.mean():.4f} vs active "
+                f"{active_version} {old.mean():.4f}, difference {diff['difference']:+.4f} "
+                f"(95% paired bootstrap [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}]; promoted when the lower bound "
+                f"is above {PROMOTION_MARGIN:+.2f} and the difference is not negative)"
+                + ("; both routers pick the same backend on every query" if same else "")
             )
-        except Exception as exc:  # an unusable active router must not block a new one
-            promoted, reason = True, f"the active router {active_version} could not be evaluated ({exc})"
+        except Exception as exc:  # fail closed: an active router that cannot be judged stays active
+            promoted, reason = False, f"kept the active router {active_version}: it could not be evaluated ({exc})"
         if force and not promoted:
             promoted, reason = True, "forced; " + reason
-    registry.record(path, _with_promotion(result.card, promoted, reason), active=promoted, reason=reason)
-    return PromotionResult(router.version, path, promoted, reason, candidate, active_metrics)
+    card = _with_promotion(result.card, promoted, reason)
+    if comparison:
+        card["promotion"] = {**card.get("promotion", {}), **comparison}
+    registry.record(path, card, active=promoted, reason=reason)
+    return PromotionResult(router.version, path, promoted, reason, candidate, active_metrics, comparison)
+
+
+def _against_baselines(router: Router, result: TrainResult, rows: np.ndarray, new: np.ndarray) -> dict[str, Any]:
+    """The candidate against the best single backend and the category rule on the same rows."""
+    from router.baselines import Priors
+
+    priors = Priors.from_json(result.card.get("priors"))
+    out: dict[str, Any] = {}
+    if priors.accuracy:
+        best = max(priors.accuracy, key=priors.accuracy.__getitem__)
+        if best in result.table.backends:
+            single = result.table.correct[rows, result.table.backends.index(best)].astype(np.float64)
+            out["vs_best_single"] = {"backend": best, **compare_on_rows(new, single)}
+    rule = CategoryRuleRouter(router.backends, priors=priors)
+    out["vs_category_rule"] = compare_on_rows(new, routed_correctness(rule, result.table, rows))
+    return out
 
 
 def _common_rows(table: PairTable, index: np.ndarray, names: Sequence[str]) -> np.ndarray:

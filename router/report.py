@@ -29,10 +29,27 @@ def render_report(outcome: TrainOutcome) -> str:
         rows.append(f"| {label} | {_fmt(metrics.get(key))} | {_fmt(previous.get(key))} |")
     verdict = "✓ **promoted**: it is now active." if outcome.promoted else "**kept the active router**."
     data = outcome.card.get("data", {}) or {}
-    counts = f"{data.get('pair_rows', '?')} pair rows, {data.get('queries', '?')} queries"
+    sources = data.get("sources") or {}
+    by_source = ", ".join(f"{n} {'people' + chr(39) + 's judgments' if k == 'judgment' else k + ' pairs'}" for k, n in sorted(sources.items()))
+    counts = f"{data.get('pair_rows', '?')} pair rows, {data.get('queries', '?')} queries" + (f": {by_source}" if by_source else "")
+    rows.extend(_comparison_rows(outcome.comparison or {}))
     warnings = "".join(f"\n- {html.escape(str(w))}" for w in (outcome.warnings or [])[:5])
     notes = f"\n\nNotes:{warnings}" if warnings else ""
     return f"{verdict} {html.escape(outcome.reason)} ({counts})\n\n" + "\n".join(rows) + notes
+
+
+COMPARISONS = (("vs_active", "new − active"), ("vs_best_single", "new − best single"), ("vs_category_rule", "new − category rule"))
+
+
+def _comparison_rows(comparison: dict[str, Any]) -> list[str]:
+    """Routed-accuracy differences on the same held-out queries, each with its 95% paired-bootstrap interval."""
+    rows = []
+    for key, label in COMPARISONS:
+        item = comparison.get(key)
+        if item:
+            low, high = item["ci95"]
+            rows.append(f"| {label} (routed accuracy) | {item['difference']:+.3f} [{low:+.3f}, {high:+.3f}] | n = {item['n_queries']} |")
+    return rows
 
 
 def _fmt(value: Any) -> str:

@@ -138,13 +138,19 @@ class RouterService:
         failed = set(self._failed_backends())
         if decision["choice"] not in failed:
             return decision
-        scores = decision.get("utilities") or decision["probabilities"]
+        scores = decision.get("utilities") or decision.get("probabilities")
+        if scores is None:  # the bare category rule: no numbers, so any working backend, same kind first
+            kinds = {c.name: c.kind for c in self.choices()}
+            wanted = kinds.get(decision["choice"])
+            scores = {c.name: float(kinds[c.name] == wanted) for c in self.choices()}
         candidates = {name: value for name, value in scores.items() if name not in failed}
         if not candidates:
             return decision
         choice = max(candidates, key=candidates.__getitem__)
         note = f"{decision['choice']} failed to load, so the next best backend was picked"
-        return dict(decision, choice=choice, confidence=decision["probabilities"].get(choice, 0.0), fallback=note)
+        probabilities = decision.get("probabilities")
+        confidence = probabilities.get(choice, 0.0) if probabilities is not None else None
+        return dict(decision, choice=choice, confidence=confidence, fallback=note)
 
     def probability_matrix(self, images: Sequence[Any], questions: Sequence[str]) -> np.ndarray:
         """P(correct) per (question, backend) for many questions in one batched call."""

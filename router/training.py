@@ -18,6 +18,7 @@ import numpy as np
 from router.base import BackendChoice, RouterError
 from router.calibration import Calibrator, expected_calibration_error, fit_calibrator
 from router.categories import CATEGORIES
+from router.correction import fit_correction
 from router.features import (
     FeatureConfig,
     FeatureExtractor,
@@ -58,6 +59,9 @@ class TrainConfig:
     #: Cross-fit the calibrator (K folds) when train + calibration hold at most this many queries.
     cross_fit_folds: int = 5
     cross_fit_max_queries: int = 50_000
+    #: Build the router as a correction on the per-category prior that fades for unfamiliar input
+    #: (router.correction); off gives the plain heads (kept as a peer and for comparison).
+    prior_correction: bool = True
     threads: int | None = None  # torch intra-op threads during training; None leaves torch's default
 
     def to_json(self) -> dict[str, Any]:
@@ -305,6 +309,13 @@ def train_router(
         lambda_cost=config.lambda_cost,
         fallback_backend=best_single,
     )
+    if config.prior_correction:
+        router.correction = fit_correction(
+            learned_oof=calibrator.transform(calib_logits), rows=calib_rows, features=features, correct=correct,
+            questions=table.questions, groups=table.groups, backends=chosen,
+            text_dim=extractor.config.text_dim, image_dim=0 if extractor.config.text_only else extractor.config.image_dim,
+            seed=config.seed,
+        )
     router.card = {
         "format": 1,
         "version": version,
@@ -356,6 +367,8 @@ def train_router(
         },
         "warnings": warnings,
     }
+    if router.correction is not None:
+        router.card["correction"] = router.correction.to_json()
     report = evaluate(
         router,
         table,

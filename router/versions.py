@@ -139,6 +139,7 @@ def load_router(
     from safetensors.numpy import load_file
 
     from router.calibration import Calibrator
+    from router.correction import PriorCorrection
     from router.embedding_router import HeadWeights
     from router.features import FeatureConfig, FeatureExtractor, ImageFeatures, text_encoder_from_config
 
@@ -190,6 +191,7 @@ def load_router(
         calibrator=calibrator,
         categories=card.get("categories") or None,
         card=card,
+        correction=PriorCorrection.from_parts(tensors, card.get("correction")),
         version=str(card.get("version", directory.name)),
         lambda_cost=float(card.get("lambda_cost", 0.0)) if lambda_cost is None else float(lambda_cost),
         fallback_backend=fallback,

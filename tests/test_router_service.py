@@ -119,6 +119,10 @@ def test_retrain_with_nothing_to_train_on_says_so(tmp_path: Path) -> None:
 
 
 def _next_best(decision: dict, failed: set[str]) -> str:  # type: ignore[type-arg]
+    if decision["utilities"] is None:  # the bare category rule: the first working backend of the same kind
+        kind = {b.name: b.kind for b in BACKENDS}
+        wanted = "vlm+llm" if "counting" in (decision.get("note") or "") else "vlm"
+        return next(b.name for b in BACKENDS if b.name not in failed and kind[b.name] == wanted)
     utilities = {name: u for name, u in decision["utilities"].items() if name not in failed}
     return max(utilities, key=utilities.__getitem__)
 
