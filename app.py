@@ -1,6 +1,6 @@
 """RouteLens: ask every vision model at once, see which one the router would pick, judge the answers.
 
-    python app.py --preset auto|offline|cpu|gpu|FILE --db PATH --host 127.0.0.1 --port 7860 [--share] [--auth USER:PASS]
+    python app.py --preset auto|offline|cpu|gpu|FILE --db PATH --host 127.0.0.1 --port 7860 [--share] [--auth USER:PASS] [--no-bootstrap]
 
 ``build_app(runtime)`` returns the Blocks app without launching it (tests build it); nothing happens
 at import time.
@@ -12,8 +12,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from components.runtime import AppConfig, Runtime
 
@@ -61,10 +62,12 @@ def build_app(runtime: Runtime) -> Any:
     from components.annotate_tab import AnnotateView
     from components.compare_tab import CompareView
     from components.leaderboard_tab import LeaderboardView
+    from components.study_panel import StudyPanel
 
     compare = CompareView(runtime)
     annotate = AnnotateView(runtime)
     leaderboard = LeaderboardView(runtime)
+    study = StudyPanel(runtime)
     with gr.Blocks(title="RouteLens — route visual questions to the right model", analytics_enabled=False) as demo:
         gr.Markdown(INTRO, elem_id="rl-intro")
         with gr.Row(equal_height=False):
@@ -82,9 +85,12 @@ def build_app(runtime: Runtime) -> Any:
                 annotate.build(annotator)
             with gr.Tab("Leaderboard & router", id="leaderboard") as leaderboard_tab:
                 refresh, outputs = leaderboard.build()
+                study_outputs = study.build(annotator).refresh_outputs
             with gr.Tab("About", id="about"):
                 gr.Markdown(ABOUT)
         leaderboard_tab.select(leaderboard.refresh, None, outputs)
+        leaderboard_tab.select(study.refresh, study.inputs, study_outputs)
+        refresh.click(study.refresh, study.inputs, study_outputs)
         api.build(runtime)
 
         demo.load(api.whoami, None, [annotator], queue=False)
@@ -117,6 +123,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth", default=None, help="USER:PASS required to open the app (or ROUTELENS_AUTH)")
     parser.add_argument("--no-quantize", action="store_true", help="load models in full precision instead of 4-bit")
     parser.add_argument("--lambda-cost", type=float, default=0.0, help="default cost weight of the router's choice")
+    parser.add_argument("--no-bootstrap", action="store_true",
+                        help="on a preset's first start with no router and no shipped pairs, do not build a first router in the background")
     return parser.parse_args(argv)
 
 
@@ -128,7 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from backends.presets import PresetError
     from components.theme import launch_kwargs
 
-    config = AppConfig(preset=args.preset, db_path=args.db, quantize=not args.no_quantize, default_lambda=args.lambda_cost)
+    config = AppConfig(
+        preset=args.preset, db_path=args.db, quantize=not args.no_quantize, default_lambda=args.lambda_cost,
+        bootstrap=not args.no_bootstrap,
+    )
     try:
         runtime = Runtime(config)
     except PresetError as exc:

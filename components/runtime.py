@@ -27,6 +27,7 @@ from backends.registry import build_backends
 from backends.run_all import BackendRunner
 from backends.shared import SharedModels
 from router.base import choices_from_backends
+from router.bootstrap_background import BackgroundBootstrap, IdleGate, needs_first_router, should_bootstrap
 from router.service import RouterService
 
 log = logging.getLogger("routelens")
@@ -57,6 +58,10 @@ class AppConfig:
     default_lambda: float = 0.0
     #: Most answers computed at once across all users (the machine has few cores).
     max_concurrent_compares: int = 2
+    #: On a preset's first start with no router and no shipped pairs, answer its bootstrap sets in the
+    #: background and train a first router (router/bootstrap.py). ``app.py`` turns it on unless
+    #: ``--no-bootstrap``; off here, so a Runtime built by a test or a script does only what it is asked.
+    bootstrap: bool = False
 
     @property
     def resolved_db_path(self) -> Path:
@@ -148,6 +153,9 @@ class Runtime:
             default_lambda=config.default_lambda,
         )
         self._loader: threading.Thread | None = None
+        #: People's questions in flight; the background bootstrap waits until there are none.
+        self.activity = IdleGate()
+        self.bootstrap: BackgroundBootstrap | None = None
 
     # ---------------------------------------------------------------- start-up
     def _open_store(self):
@@ -197,11 +205,31 @@ class Runtime:
             log.info("backend %s: %s (%.1f s)", backend.name, info.status, info.load_time_s or 0.0)
         self.router.ensure_loaded()
         log.info("router: %s", self.router.status())
+        self._start_bootstrap()
+
+    def _start_bootstrap(self) -> None:
+        """A first router for a preset that has none and ships no pairs, built in the background."""
+        if not self.config.bootstrap or self.store is None or self.preset.router.get("pairs"):
+            return
+        ready = [b.name for b in self.backends if b.describe().status == "ready"]
+        if not should_bootstrap(self.router.active, ready, self.store):
+            return
+        self.bootstrap = BackgroundBootstrap(
+            backends=self.backends, preset=self.preset, store=self.store,
+            versions_dir=self.router.versions_dir, text_encoder=self._router_text_encoder,
+            image_features=self._router_image_features, gate=self.activity, on_trained=self.router.ensure_loaded,
+            first_router=needs_first_router(self.router.active, ready),
+        )
+        self.bootstrap.start()
 
     def wait_until_loaded(self, timeout_s: float | None = None) -> bool:
         thread = self.start_loading()
         thread.join(timeout_s)
         return not thread.is_alive()
+
+    @property
+    def bootstrapping(self) -> bool:
+        return self.bootstrap is not None and self.bootstrap.running
 
     @property
     def loading(self) -> bool:
@@ -232,6 +260,9 @@ class Runtime:
             }.get(info.status, info.status + "…")
             lines.append(f"{backend.name} ({info.kind}): {detail}")
         lines.append(f"Router: {self.router.status()}")
+        bootstrap_line = self.bootstrap.status_line() if self.bootstrap is not None else None
+        if bootstrap_line:
+            lines.append(bootstrap_line)
         if self.store_notice:
             lines.append(self.store_notice)
         return lines
@@ -270,7 +301,7 @@ class Runtime:
         result = CompareResult(query_id=None, decision=None, labels=labels)
         if len(clean) < len(" ".join(strip_control(question).split())):
             result.notices.append(f"The question was shortened to {MAX_QUESTION_CHARS} characters.")
-        with self._compare_slots:
+        with self.activity.busy(), self._compare_slots:
             result.query_id = self._record(
                 "query", lambda: self._record_query(picture, clean, labels, source, session_id, item_id, category), result
             )
@@ -384,6 +415,8 @@ class Runtime:
         return out
 
     def close(self) -> None:
+        if self.bootstrap is not None:
+            self.bootstrap.stop()
         self.runner.close()
         if self.store is not None:
             self.store.close()

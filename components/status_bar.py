@@ -1,4 +1,5 @@
-"""The status line: preset, device and why, then one line per backend while models load."""
+"""The status line: preset, device and why, then one line per backend while models load, the router, and the
+progress of a first router being built in the background (``Runtime.status_lines``)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,11 @@ def build(runtime: Runtime) -> Any:
 
 
 def wire(demo: Any, box: Any, runtime: Runtime) -> None:
-    """Refresh the status every 2 s while anything is loading, then stop polling."""
+    """Refresh the status every 2 s while anything is loading or a first router is being built, then stop polling."""
     timer = gr.Timer(2.0, active=True)
 
     def tick() -> list[Any]:
-        return [render(runtime), gr.Timer(active=runtime.loading)]
+        return [render(runtime), gr.Timer(active=runtime.loading or runtime.bootstrapping)]
 
     timer.tick(tick, None, [box, timer], queue=False, show_progress="hidden")
     demo.load(tick, None, [box, timer], queue=False)

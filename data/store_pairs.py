@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +19,10 @@ from sqlite_utils import Database
 
 from data import schema
 from data.pairs import FIELDS as PAIR_FIELDS
-from data.pairs import SOURCES, pair_key, read_pairs
+from data.pairs import SOURCES, pair_key, read_pairs, validate_pair
 from data.store_checks import check_name, normalize_since
 from data.store_core import StoreCore, StoreError
+from data.store_judgments import LATEST_ADJUDICATIONS_SQL
 
 #: The UNIQUE key of ``imported_pairs``: the fields of :func:`data.pairs.pair_key`, in its order.
 _KEY_COLUMNS: tuple[str, ...] = ("query_id", "backend", "source")
@@ -38,12 +39,13 @@ _JUDGMENT_COLUMNS: dict[str, str] = {
     "category": "COALESCE(q.category, d.category)",
     "backend": "g.backend",
     "answer": "a.text",
-    "correct": "g.correct",
+    "correct": "COALESCE(adj.correct, g.correct)",
     "latency_s": "a.latency_s",
     "source": "'judgment'",
 }
 
-# One row per judged (query, backend), with the mean of its verdicts.
+# One row per judged (query, backend), with the mean of its verdicts, or its latest adjudication
+# (a lead annotator's final verdict where the annotators split) when there is one.
 _JUDGMENT_PAIRS_SQL = """
 SELECT {columns}
 FROM (SELECT query_id, backend, AVG(correct) AS correct FROM verdicts {where}
@@ -51,15 +53,17 @@ FROM (SELECT query_id, backend, AVG(correct) AS correct FROM verdicts {where}
 JOIN queries q ON q.id = g.query_id
 JOIN answers a ON a.query_id = g.query_id AND a.backend = g.backend
 LEFT JOIN decisions d ON d.query_id = g.query_id
+LEFT JOIN (""" + LATEST_ADJUDICATIONS_SQL + """) AS adj ON adj.query_id = g.query_id AND adj.backend = g.backend
 """
 
 # For statistics: the same rows, without reading the answers (a foreign key guarantees each exists).
 _JUDGMENT_SCORES_SQL = """
-SELECT g.backend, COALESCE(q.category, d.category) AS category, g.correct
+SELECT g.backend, COALESCE(q.category, d.category) AS category, COALESCE(adj.correct, g.correct) AS correct
 FROM (SELECT query_id, backend, AVG(correct) AS correct FROM verdicts {where}
       GROUP BY query_id, backend) AS g
 JOIN queries q ON q.id = g.query_id
 LEFT JOIN decisions d ON d.query_id = g.query_id
+LEFT JOIN (""" + LATEST_ADJUDICATIONS_SQL + """) AS adj ON adj.query_id = g.query_id AND adj.backend = g.backend
 """
 
 _IMPORTED_PAIRS_SQL = "SELECT {columns}, extra FROM imported_pairs {where}"
@@ -128,7 +132,7 @@ class PairTables(StoreCore):
         """Training rows in the pairs format (:mod:`data.pairs`), judgments and imported pairs together.
 
         Judgment rows (source "judgment"): one per judged (query, backend); ``correct`` is the mean
-        of every verdict on it; ``image`` is the absolute path of the stored image (None if the
+        of every verdict on it, or the latest adjudication of it when a lead annotator recorded one; ``image`` is the absolute path of the stored image (None if the
         file is missing); ``category`` is the query's, else the router's predicted one. Imported rows
         follow, in import order, as imported (extra fields included). Filters: ``source``
         ("judgment" also matches imported rows whose source is "judgment"), ``backends``, ``since``
@@ -224,3 +228,43 @@ class PairTables(StoreCore):
             return report
 
         return self._transact(write, what="import")
+
+    def add_pairs(self, rows: Iterable[Mapping[str, Any]]) -> ImportReport:
+        """Store pairs made in this process (``python -m router bootstrap`` adds each answer as it comes).
+
+        Each row is validated first (:func:`data.pairs.validate_pair`; a relative ``image`` is taken
+        relative to the current folder): a bad row raises ValueError naming its index and nothing is
+        written. A row whose (query_id, backend, source) is already stored is skipped, whatever its
+        values (a run that resumes never duplicates a pair); the others are inserted as imported pairs,
+        extra fields kept. All in one transaction.
+        """
+        records = []
+        for index, row in enumerate(rows):
+            try:
+                clean = validate_pair(row)
+            except ValueError as error:
+                raise ValueError(f"pair {index}: {error}") from None
+            extras = {k: v for k, v in clean.items() if k not in PAIR_FIELDS}
+            record = {key: clean[key] for key in PAIR_FIELDS}
+            record["extra"] = json.dumps(extras, ensure_ascii=False, sort_keys=True) if extras else None
+            records.append(record)
+        exists_sql = "SELECT 1 FROM imported_pairs WHERE " + " AND ".join(f"{key} = ?" for key in _KEY_COLUMNS)
+
+        def write(db: Database) -> ImportReport:
+            report = ImportReport()
+            now = schema.utc_now()
+            fresh: list[dict[str, Any]] = []
+            seen: set[tuple[Any, ...]] = set()
+            for record in records:
+                key = tuple(record[k] for k in _KEY_COLUMNS)
+                if key in seen or db.execute(exists_sql, list(key)).fetchone() is not None:
+                    report.skipped += 1
+                    continue
+                seen.add(key)
+                fresh.append({**record, "created_at": now})
+            if fresh:
+                db["imported_pairs"].insert_all(fresh, batch_size=500)
+            report.imported = len(fresh)
+            return report
+
+        return self._transact(write, what="pairs")

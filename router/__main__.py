@@ -1,9 +1,10 @@
 """Command line: ``python -m router train|evaluate|versions|rollback``.
 
     python -m router train --pairs PAIRS.jsonl [--db DB] --out DIR [--kind embedding|llm] [--force]
-    python -m router evaluate --router DIR --pairs PAIRS.jsonl --json
+    python -m router evaluate --router DIR --pairs PAIRS.jsonl [--split all] [--train-pairs TRAIN.jsonl] --json
     python -m router versions --db DB            (or --dir DIR)
     python -m router rollback VERSION --db DB    (or --dir DIR)
+    python -m router bootstrap --preset P [--data SET ...] [--limit N] [--db DB]   (router/bootstrap.py)
 
 Problems a person can fix (too few rows, bad lines, unknown backends, missing files) are printed as
 one clear message on stderr with exit status 2, never as a traceback.
@@ -176,14 +177,46 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"none of the {table.n_queries} queries in {', '.join(args.pairs)} falls in router {router.version}'s held-out "
                 "images; for a separate test file pass --split all"
             )
-    report = evaluate(router, table, index, lambda_cost=args.lambda_cost, timing_sample=args.timing)
+    rows = list(range(table.n_queries)) if index is None else index
+    features, peers, peers_info = _peers_for(args, router, table, rows)
+    report = evaluate(router, table, index, lambda_cost=args.lambda_cost, timing_sample=args.timing, features=features, peers=peers)
     report["split"] = args.split
+    report.setdefault("peers", {})
+    if peers_info is not None:
+        report["peers_training"] = peers_info
     if args.json:
         print(json.dumps(report))
     else:
         for key, value in report.items():
+            if key == "cost_quality":
+                value = f"{len(value['overall']['points'])} curve points overall, {len(value['by_category'])} categories (see --json)"
+            elif key == "peers":
+                value = "; ".join(f"{n} {m['routed_accuracy']} (ece {m['ece']}, aiq {m['aiq']})" for n, m in value.items()) or "none"
             print(f"{key:>24}: {value}")
     return 0
+
+
+def _peers_for(args: argparse.Namespace, router: Any, table: Any, rows: list[int]) -> tuple[Any, Any, dict[str, Any] | None]:
+    """Evaluation-row features and the peer routers fitted on the router's training rows (see router.peers).
+
+    The training rows come from ``--train-pairs`` when given, else from the evaluated pairs themselves
+    (their rows outside the held-out images); rows sharing an image with an evaluated row are left out.
+    """
+    from router.peers import PEER_NAMES, fit_peers_for_router, router_features
+    from router.table import build_table
+
+    names = PEER_NAMES if args.peers == "all" else [n.strip() for n in args.peers.split(",") if n.strip() and n.strip() != "none"]
+    if not names or not hasattr(router, "score_features") or getattr(router, "extractor", None) is None:
+        return None, None, None
+    features = router_features(router, table, rows)
+    source = table
+    if args.train_pairs:
+        source, warnings = build_table(pairs=args.train_pairs, backends=router.backend_names, strict=not args.lenient)
+        for message in warnings:
+            _warn(f"--train-pairs: {message}")
+    peers, info = fit_peers_for_router(router, source, exclude_groups=[table.groups[i] for i in rows], names=names)
+    info["source"] = ", ".join(args.train_pairs) if args.train_pairs else "the evaluated pairs outside the held-out images"
+    return features, peers, info
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
@@ -254,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="heldout (default): only queries whose image is in the router's held-out fold; all: every query")
     ev.add_argument("--lambda-cost", type=float, default=None)
     ev.add_argument("--timing", type=int, default=50, help="decide() calls to time (0 = none)")
+    ev.add_argument("--train-pairs", action="append",
+                    help="the router's training pairs (repeatable): the peer routers are fitted on their rows outside the "
+                         "router's held-out images (default: the --pairs rows outside them)")
+    ev.add_argument("--peers", default="all",
+                    help="peer routers to fit and report: all (default), none, or a comma list of knn,linear,mlp,mf,sw_ranking")
     backend_options(ev)
     ev.set_defaults(func=cmd_evaluate)
 
@@ -268,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--db")
     rb.add_argument("--dir")
     rb.set_defaults(func=cmd_rollback)
+
+    from router import bootstrap  # python -m router bootstrap: its options and main live there
+
+    bootstrap.add_parser(sub)
     return parser
 
 
