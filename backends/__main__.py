@@ -6,7 +6,7 @@ import argparse
 import importlib.util
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from backends.presets import PresetError, hub_reachable, list_presets, load_preset, models_cached
 from backends.registry import FAMILIES, RegistryError, build_backends, resolve_family

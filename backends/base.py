@@ -8,12 +8,13 @@ turning any exception (out-of-memory included) into an :class:`Answer` with ``er
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -128,7 +129,7 @@ class Backend(ABC):
         cost: float = 0.0,
         timeout_s: float = 120.0,
         licence: str | None = None,
-        shared: "Any | None" = None,
+        shared: Any | None = None,
     ) -> None:
         self.name = name
         self.quantize = quantize
@@ -166,7 +167,7 @@ class Backend(ABC):
                         self._load()
                 else:
                     self._load()
-            except BaseException as exc:  # noqa: BLE001 - a broken model must not take the app down
+            except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 self.info.status = "failed"
@@ -202,7 +203,7 @@ class Backend(ABC):
         clean_labels = list(labels)[:MAX_LABELS] if labels else None
         try:
             reply = self._answer(image, question[:MAX_QUESTION_CHARS], clean_labels)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             self._after_failure(exc)
@@ -226,7 +227,7 @@ class Backend(ABC):
 
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     def describe(self) -> BackendInfo:

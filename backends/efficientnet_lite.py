@@ -13,9 +13,10 @@ Torch is imported at the top: this module is only imported when a preset selects
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -223,7 +224,7 @@ def shared_key(device: str, weights: str | Path | None = None) -> str:
     return f"efficientnet-lite0:{source}@{device}"
 
 
-def shared_classifier(shared: "SharedModels | None", device: str = "cpu", weights: str | Path | None = None) -> ImageClassifier:
+def shared_classifier(shared: SharedModels | None, device: str = "cpu", weights: str | Path | None = None) -> ImageClassifier:
     """The pool's EfficientNet-Lite0 classifier for ``device`` (built once), or a private one without a pool."""
 
     def build() -> ImageClassifier:

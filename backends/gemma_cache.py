@@ -18,8 +18,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 #: Environment variable naming the RouteLens cache folder.
 CACHE_ENV = "ROUTELENS_CACHE"

@@ -118,5 +118,5 @@ def load_image(source: str | Path | bytes | BinaryIO | Image.Image) -> Image.Ima
         return fit_size(to_rgb(image))
     except ImageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any Pillow conversion failure is a bad input
+    except Exception as exc:
         raise ImageError(f"the image could not be converted ({exc})") from exc

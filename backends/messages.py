@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -44,7 +45,7 @@ class ImagePart:
         return f"ImagePart({self.image.width}x{self.image.height} {self.image.mode})"
 
 
-Part = Union[TextPart, ImagePart]
+Part = TextPart | ImagePart
 
 
 def encode_image(image: Image.Image, fmt: str = "png", max_side: int | None = None) -> bytes:
@@ -93,15 +94,15 @@ class ChatMessage:
             raise ValueError("only user messages may carry images")
 
     @classmethod
-    def system(cls, text: str) -> "ChatMessage":
+    def system(cls, text: str) -> ChatMessage:
         return cls("system", (TextPart(text),))
 
     @classmethod
-    def assistant(cls, text: str) -> "ChatMessage":
+    def assistant(cls, text: str) -> ChatMessage:
         return cls("assistant", (TextPart(text),))
 
     @classmethod
-    def user(cls, text: str, images: Image.Image | Sequence[Image.Image] | None = None) -> "ChatMessage":
+    def user(cls, text: str, images: Image.Image | Sequence[Image.Image] | None = None) -> ChatMessage:
         """A user turn; images come before the text (the order LLaVA-style models were trained on)."""
         if images is None:
             image_list: list[Image.Image] = []
@@ -119,7 +120,7 @@ class ChatMessage:
     def images(self) -> list[Image.Image]:
         return [p.image for p in self.parts if isinstance(p, ImagePart)]
 
-    def without_images(self) -> "ChatMessage":
+    def without_images(self) -> ChatMessage:
         return ChatMessage(self.role, tuple(p for p in self.parts if isinstance(p, TextPart)))
 
 
@@ -130,7 +131,7 @@ class Prompt:
     messages: tuple[ChatMessage, ...]
 
     @classmethod
-    def of(cls, *messages: ChatMessage) -> "Prompt":
+    def of(cls, *messages: ChatMessage) -> Prompt:
         return cls(tuple(messages))
 
     @property
@@ -141,7 +142,7 @@ class Prompt:
     def has_images(self) -> bool:
         return bool(self.images)
 
-    def without_images(self) -> "Prompt":
+    def without_images(self) -> Prompt:
         return Prompt(tuple(m.without_images() for m in self.messages))
 
     def to_openai_messages(self, image_format: str = "png", max_image_side: int | None = None) -> list[dict[str, Any]]:

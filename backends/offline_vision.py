@@ -27,7 +27,8 @@ With no labels (and none listed in the question) the answer is the top ImageNet 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image

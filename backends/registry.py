@@ -8,8 +8,9 @@ known family is a preset-file change only.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from backends.base import KINDS, Backend
 
@@ -98,7 +99,7 @@ class UnavailableBackend(Backend):
         raise RegistryError(self.reason)
 
 
-def build_backends(specs: "Iterable[BackendSpec]", *, shared: Any = None, quantize: bool | None = None) -> list[Backend]:
+def build_backends(specs: Iterable[BackendSpec], *, shared: Any = None, quantize: bool | None = None) -> list[Backend]:
     """Every backend of a preset; one that cannot be built becomes an :class:`UnavailableBackend`."""
     built: list[Backend] = []
     for spec in specs:

@@ -9,8 +9,8 @@ backend does not starve the others.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Iterator, Sequence
 
 from PIL import Image
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 _NUMBER_WORDS = {
     "zero": "0", "none": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",

@@ -7,7 +7,8 @@ builds. It holds weights only, never per-user data, so sharing it between web us
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

@@ -6,7 +6,8 @@ as its frozen text encoder: both get the same loaded model from the pool key :fu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ def shared_key(device: str = "cpu") -> str:
     return f"text-encoder:all-MiniLM-L6-v2@{device}"
 
 
-def shared_text_encoder(shared: "SharedModels | None", device: str = "cpu") -> TextEncoder:
+def shared_text_encoder(shared: SharedModels | None, device: str = "cpu") -> TextEncoder:
     """The pool's MiniLM encoder for ``device`` (loaded once), or a private one without a pool."""
     if shared is None:
         return load_minilm(device)

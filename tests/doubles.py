@@ -28,7 +28,7 @@ class EchoBackend(Backend):
         self.calls += 1
         time.sleep(self.delay_s)
         if labels:
-            return ModelReply(text=labels[0], label_scores=[(labels[0], 1.0)] + [(l, 0.0) for l in labels[1:]])
+            return ModelReply(text=labels[0], label_scores=[(labels[0], 1.0)] + [(other, 0.0) for other in labels[1:]])
         return ModelReply(text=self.word)
 
 

@@ -14,13 +14,12 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 import gradio as gr
+import pytest
 
 from backends.presets import parse_preset
 from components.api import Api
@@ -115,7 +114,7 @@ def test_a_backend_that_keeps_hanging_never_starves_the_others(tmp_path) -> None
         for i in range(8):
             outcome: dict = {}
 
-            def ask(i: int = i) -> None:
+            def ask(i: int = i, outcome: dict = outcome) -> None:
                 outcome["result"] = rt.compare_all(CAT, f"Which animal, number {i}?", "cat, dog")
 
             worker = threading.Thread(target=ask, daemon=True)
@@ -301,7 +300,7 @@ def test_app_killed_during_judgments_loses_nothing_acknowledged(tmp_path) -> Non
     acknowledged is in the database, each once, whole (all its verdicts), and the file is intact."""
     from gradio_client import Client, handle_file
 
-    from tests.live_app import launched_app, VISION_ONLY_PRESET
+    from tests.live_app import VISION_ONLY_PRESET, launched_app
 
     preset = tmp_path / "vision-only.toml"
     preset.write_text(VISION_ONLY_PRESET)
@@ -325,7 +324,7 @@ def test_app_killed_during_judgments_loses_nothing_acknowledged(tmp_path) -> Non
                 payload = {"verdicts": {"efficientnet-lite0": n % 2}, "reason": f"user {user} #{n}", "client_key": key}
                 try:
                     saved = client.predict(query_ids[n % 2], json.dumps(payload), f"user{user}", api_name="/judge")
-                except Exception as exc:  # noqa: BLE001 - expected once the server is killed
+                except Exception as exc:
                     with lock:
                         failures.append(f"{key}: {type(exc).__name__}")
                     return

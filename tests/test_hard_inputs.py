@@ -16,13 +16,12 @@ import struct
 import zlib
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-import gradio as gr
 
 from backends.base import MAX_LABELS, MAX_QUESTION_CHARS
 from backends.labels import labels_from_question, split_label_list
@@ -524,7 +523,7 @@ def test_hard_inputs_through_gradio_client_against_the_launched_app(tmp_path, fi
     """The worst files and strings over HTTP: each gets its message, the server answers the next one."""
     from gradio_client import Client, handle_file
 
-    from tests.live_app import launched_app, VISION_ONLY_PRESET
+    from tests.live_app import VISION_ONLY_PRESET, launched_app
 
     preset = tmp_path / "vision-only.toml"
     preset.write_text(VISION_ONLY_PRESET)

@@ -90,7 +90,7 @@ def test_label_score_is_the_summed_log_likelihood_with_the_end_token(fp32: HFVis
     prompt = fp32.build_prompt(question, LABELS, image)
     inputs = fp32._inputs(image, prompt)
     batched = fp32.label_log_likelihoods(inputs, prompt, LABELS)
-    model, processor = fp32._model, fp32._processor
+    model = fp32._model
     for label, score in zip(LABELS, batched, strict=True):
         ids = fp32.answer_token_ids(prompt, label)
         assert len(ids) == len(label.split()) + 1  # one word-level token per word, then </s>
