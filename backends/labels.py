@@ -16,6 +16,7 @@ _LEADS = re.compile(
 )
 _OPTION_SPLIT = re.compile(r"\s*(?:,|;|/|\bor\b)\s*", re.IGNORECASE)
 _ARTICLE = re.compile(r"^(?:a|an|the|some)\s+", re.IGNORECASE)
+_NOUN_THEN_ARTICLE = re.compile(r"^\w+\s+(?:a|an|some)\s+", re.IGNORECASE)
 _MAX_LABEL_CHARS = 80
 
 
@@ -60,6 +61,9 @@ def labels_from_question(question: str) -> list[str]:
     else:
         text = _LEADS.sub("", text, count=1)
     options = [clean_label(part) for part in _OPTION_SPLIT.split(text)]
+    if options:
+        # "Is this animal a cat or a dog?": the lead left "animal a cat"; the option is what follows the article.
+        options[0] = _NOUN_THEN_ARTICLE.sub("", options[0], count=1)
     options = [o for o in options if o and len(o.split()) <= 6]
     options = dedupe(options)
     return options if len(options) >= 2 else []

@@ -14,6 +14,8 @@ from backends.scoring import normalize_answer, score_answer
     ("question", "labels"),
     [
         ("Is this a cat or a dog?", ["cat", "dog"]),
+        ("Is this animal a cat or a dog?", ["cat", "dog"]),  # the noun before the first article is no option
+        ("Is this vehicle a motorcycle or a bicycle?", ["motorcycle", "bicycle"]),
         ("Is it red, green or blue?", ["red", "green", "blue"]),
         ("Which is it: a rocket, a plane, or a bird?", ["rocket", "plane", "bird"]),
         ("Is the shape a circle or a triangle?", ["circle", "triangle"]),
