@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from components.cost_quality import CostQualityPanel
+from components.figures import empty_figure
 from components.runtime import Runtime
 from components.study_panel import headline_ratings_figure
 from data.ratings import bradley_terry_with_ci
@@ -19,22 +20,12 @@ from data.store import stats_to_frame
 log = logging.getLogger("routelens")
 
 
-def _empty_figure(message: str):
-    import plotly.graph_objects as go
-
-    figure = go.Figure()
-    figure.add_annotation(text=message, showarrow=False, font=dict(size=13, color="#64748b"))
-    figure.update_layout(height=260, xaxis=dict(visible=False), yaxis=dict(visible=False),
-                         plot_bgcolor="rgba(0,0,0,0)", paper_bgcolor="rgba(0,0,0,0)", margin=dict(l=10, r=10, t=30, b=10))
-    return figure
-
-
 def accuracy_figure(frame):
     """Heatmap: accuracy per backend (rows) per category (columns), with counts on hover."""
     import plotly.graph_objects as go
 
     if frame is None or len(frame) == 0:
-        return _empty_figure("No judgments yet: judge some answers in Compare or Annotate.")
+        return _empty("No judgments yet: judge some answers in Compare or Annotate.")
     pivot = frame.pivot_table(index="backend", columns="category", values="accuracy", aggfunc="mean")
     counts = frame.pivot_table(index="backend", columns="category", values="n", aggfunc="sum").reindex_like(pivot)
     figure = go.Figure(
@@ -54,7 +45,7 @@ def ratings_figure(outcomes: list[tuple[str, str, float]], names: list[str]):
     import plotly.graph_objects as go
 
     if not outcomes:
-        return _empty_figure("No 'best answer' judgments yet.")
+        return _empty("No 'best answer' judgments yet.")
     ratings = bradley_terry_with_ci(outcomes, names, rounds=100)
     figure = go.Figure(
         go.Scatter(
@@ -77,7 +68,7 @@ def versions_figure(versions: list[dict[str, Any]]):
     """``versions``: ``RouterService.versions()`` rows, which carry the held-out metrics flat."""
     rows = [v for v in versions if v.get("routed_accuracy") is not None]
     if not rows:
-        return _empty_figure("No trained router versions with held-out metrics yet.")
+        return _empty("No trained router versions with held-out metrics yet.")
     names = [v["version"] for v in rows]
     figure = go.Figure()
     for key, label in (("routed_accuracy", "routed"), ("best_single_accuracy", "best single"), ("oracle_accuracy", "oracle")):
@@ -92,7 +83,7 @@ def reliability_figure(card: dict[str, Any] | None):
 
     bins = ((card or {}).get("metrics") or {}).get("reliability")
     if not bins:
-        return _empty_figure("The active router has no reliability data.")
+        return _empty("The active router has no reliability data.")
     figure = go.Figure()
     figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line=dict(dash="dash", color="#94a3b8"))
     figure.add_scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="lines+markers",
@@ -123,7 +114,7 @@ class LeaderboardView:
         stats = self.runtime.stats()
         versions = self.runtime.router.versions()
         if store is None:
-            empty = _empty_figure("The database is unavailable.")
+            empty = _empty("The database is unavailable.")
             return [counts_markdown(stats), empty, empty, empty, empty, self._version_choices(versions), *self.cost_quality.refresh()]
         return [
             counts_markdown(stats),
@@ -201,3 +192,7 @@ class LeaderboardView:
         rollback.click(self.rollback, [version], [rollback_status]).then(self.refresh, None, outputs)
         export.click(self.export, [fmt], [download])
         return refresh, outputs
+
+
+def _empty(message: str):
+    return empty_figure(message, height=260)

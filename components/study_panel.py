@@ -19,6 +19,7 @@ from typing import Any
 
 import gradio as gr
 
+from components.figures import empty_figure
 from components.runtime import Runtime
 from data.battles import Battle, outcomes
 from data.ratings import bradley_terry_with_ci
@@ -31,22 +32,12 @@ FINAL = ["correct", "wrong"]
 FINAL_VALUES = {"correct": 1.0, "wrong": 0.0}
 
 
-def _empty_figure(message: str):
-    import plotly.graph_objects as go
-
-    figure = go.Figure()
-    figure.add_annotation(text=message, showarrow=False, font=dict(size=13, color="#64748b"))
-    figure.update_layout(height=240, xaxis=dict(visible=False), yaxis=dict(visible=False),
-                         plot_bgcolor="rgba(0,0,0,0)", paper_bgcolor="rgba(0,0,0,0)", margin=dict(l=10, r=10, t=30, b=10))
-    return figure
-
-
 def ratings_figure(battles: Sequence[Battle], names: Sequence[str], title: str, *, rounds: int = 100):
     """Bradley-Terry ratings with 95% bootstrap intervals, best first (one marker per backend)."""
     import plotly.graph_objects as go
 
     if not battles:
-        return _empty_figure("No votes here yet.")
+        return _empty("No votes here yet.")
     ratings = bradley_terry_with_ci(outcomes(battles), list(names), rounds=rounds)
     figure = go.Figure(
         go.Scatter(
@@ -70,7 +61,7 @@ def headline_ratings_figure(store: Any, names: Sequence[str]):
         return ratings_figure(fair, names, f"Bradley-Terry rating from {len(fair)} fair votes (blind; 95% bootstrap CI)")
     every = store.battles()
     if not every:
-        return _empty_figure("No judgments yet: judge some answers in Compare or Annotate.")
+        return _empty("No judgments yet: judge some answers in Compare or Annotate.")
     return ratings_figure(every, names, f"Bradley-Terry rating from all {len(every)} votes, none blind yet (95% bootstrap CI)")
 
 
@@ -155,7 +146,7 @@ class StudyPanel:
         """Summary, agreement tables, ratings (plot, table), category choices, disagreement choices."""
         result = self._agreement()
         if result is None:
-            empty = _empty_figure("The database is unavailable.")
+            empty = _empty("The database is unavailable.")
             return ["⚠️ The database is unavailable.", [], [], empty, [], gr.skip(), gr.skip()]
         summary = (
             f"**{result['items']}** item(s) judged by two or more annotators · Krippendorff's alpha "
@@ -259,3 +250,7 @@ class StudyPanel:
         arena.click(self.arena_file, None, [arena_file])
         self.inputs = [votes, category]
         return StudyHandles(refresh_outputs=outputs)
+
+
+def _empty(message: str):
+    return empty_figure(message, height=240)
