@@ -60,20 +60,24 @@ class PriorCorrection:
         return UNFAMILIAR_NOTE if weight < UNFAMILIAR_BELOW else None
 
     # ------------------------------------------------------------------ fitting
-    def fit_platt(self, learned: np.ndarray, prior: np.ndarray, weight: np.ndarray, correct: np.ndarray) -> None:
-        """One (a, b) for the blended logit, by Newton steps on the log loss of the judged cells."""
+    def fit_platt(
+        self, learned: np.ndarray, prior: np.ndarray, weight: np.ndarray, correct: np.ndarray, row_weights: np.ndarray | None = None
+    ) -> None:
+        """One (a, b) for the blended logit, by Newton steps on the (row-weighted) log loss of the judged cells."""
         z0 = logit(prior)
         z = (z0 + weight[:, None] * (logit(learned) - z0)).ravel()
         y = np.asarray(correct, dtype=np.float64).ravel()
+        rw = np.ones(prior.shape[0]) if row_weights is None else np.asarray(row_weights, dtype=np.float64)
+        v = np.repeat(rw, prior.shape[1])
         keep = np.isfinite(y)
-        z, y = z[keep], y[keep]
+        z, y, v = z[keep], y[keep], v[keep]
         if y.size < 10 or y.min() == y.max():
             return
         a, b = 1.0, 0.0
         for _ in range(50):
             p = sigmoid(a * z + b)
-            g = np.array([np.sum((p - y) * z), np.sum(p - y)])
-            r = p * (1 - p) + 1e-9
+            g = np.array([np.sum(v * (p - y) * z), np.sum(v * (p - y))])
+            r = v * p * (1 - p) + 1e-9
             h = np.array([[np.sum(r * z * z), np.sum(r * z)], [np.sum(r * z), np.sum(r)]]) + 1e-6 * np.eye(2)
             step = np.linalg.solve(h, g)
             a, b = a - step[0], b - step[1]
@@ -119,11 +123,13 @@ def fit_correction(
     image_dim: int,
     folds: int = 5,
     seed: int = 0,
+    row_weights: np.ndarray | None = None,
 ) -> PriorCorrection:
     """The correction for a router whose out-of-fold calibrated probabilities on ``rows`` are ``learned_oof``.
 
     The prior used to fit (a, b) is itself out of fold (image-grouped folds), so no row sees its own label;
-    the prior kept in the router is fitted on all ``rows``.
+    the prior kept in the router is fitted on all ``rows``. ``row_weights`` (aligned with ``rows``) weight
+    the prior's counts and the Platt fit (the trainer balances the data's origins with them).
     """
     rows = np.asarray(rows, dtype=np.int64)
     names = [b.name for b in backends]
@@ -131,6 +137,7 @@ def fit_correction(
     cats = [classify_question(questions[i]) for i in rows]
     forms = [answer_form(questions[i]) for i in rows]
     y = correct[rows]
+    rw = np.ones(rows.size) if row_weights is None else np.asarray(row_weights, dtype=np.float64)
     fold_of = np.array([zlib.crc32(groups[i].encode()) % folds for i in rows]) if folds > 1 else np.zeros(rows.size, dtype=int)
     prior_oof = np.zeros((rows.size, len(names)))
     for f in range(folds):
@@ -139,12 +146,12 @@ def fit_correction(
             continue
         outside = ~inside
         p = CategoryPrior.fit(y[outside], names, kinds, [c for c, o in zip(cats, outside, strict=True) if o],
-                              [m for m, o in zip(forms, outside, strict=True) if o])
+                              [m for m, o in zip(forms, outside, strict=True) if o], weights=rw[outside])
         prior_oof[inside] = p.matrix(backends, [c for c, i in zip(cats, inside, strict=True) if i],
                                      [m for m, i in zip(forms, inside, strict=True) if i])
     familiarity, weight = Familiarity.fit(features, list(groups), rows, text_dim=text_dim, image_dim=image_dim, seed=seed)
-    correction = PriorCorrection(CategoryPrior.fit(y, names, kinds, cats, forms), familiarity)
-    correction.fit_platt(np.atleast_2d(learned_oof), prior_oof, weight, y)
+    correction = PriorCorrection(CategoryPrior.fit(y, names, kinds, cats, forms, weights=rw), familiarity)
+    correction.fit_platt(np.atleast_2d(learned_oof), prior_oof, weight, y, rw)
     return correction
 
 

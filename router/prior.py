@@ -7,7 +7,11 @@ candidate labels), or an open question. It matters as much as the category: a pl
 say "yes", so it loses every yes/no question whatever the category.
 
 Estimates are smoothed hierarchically with Beta pseudo-counts, each level shrunk toward the one above:
-backend overall <- (backend, category) <- (backend, category, form). A backend with no rows at all takes
+backend overall <- (backend, answer form) <- (backend, category, form): the form first, because it
+separates the backends far more than the keyword category does (a classifier is never right on yes/no,
+and about as good as a language model when the options are listed), so a sparse (category, form) cell
+borrows from the same form in other categories, not from other forms of its category. (Priors saved
+before this order was chosen, whose JSON has no ``order``, keep category first.) A backend with no rows at all takes
 the pooled estimate of its kind, and a kind with no rows the paper's rule (recognition -> vlm). So the
 prior exists for any preset, and with no pairs at all it says only what the category rule says.
 """
@@ -55,6 +59,8 @@ class CategoryPrior:
     #: backend name -> kind, for backends a prior must also serve by their kind.
     kinds: dict[str, str] = field(default_factory=dict)
     strength: float = DEFAULT_STRENGTH
+    #: Smoothing chain: "form" (overall <- form <- category x form) or "category" (overall <- category <- ...).
+    order: str = "form"
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -77,6 +83,7 @@ class CategoryPrior:
         frms = np.array([f or "" for f in forms], dtype=object)
         # Vectorised over rows (a benchmark holds millions): integer codes per (category) and (category, form).
         cat_names, cat_codes = np.unique(cats.astype(str), return_inverse=True)
+        form_names, form_codes = np.unique(frms.astype(str), return_inverse=True)
         pair_names, pair_codes = np.unique(np.char.add(np.char.add(cats.astype(str), "|"), frms.astype(str)), return_inverse=True)
         cells: dict[str, list[float]] = {}
 
@@ -92,6 +99,8 @@ class CategoryPrior:
             count_w = np.where(seen, w, 0.0)
             cat_hits = np.bincount(cat_codes, hit_w, len(cat_names))
             cat_counts = np.bincount(cat_codes, count_w, len(cat_names))
+            form_hits = np.bincount(form_codes, hit_w, len(form_names))
+            form_counts = np.bincount(form_codes, count_w, len(form_names))
             pair_hits = np.bincount(pair_codes, hit_w, len(pair_names))
             pair_counts = np.bincount(pair_codes, count_w, len(pair_names))
             for owner in (name, "kind:" + kind):
@@ -99,6 +108,9 @@ class CategoryPrior:
                 for c, name_c in enumerate(cat_names):
                     if cat_counts[c] > 0:
                         add(_cell_key(owner, str(name_c)), cat_hits[c], cat_counts[c])
+                for c, name_f in enumerate(form_names):
+                    if form_counts[c] > 0:
+                        add(_cell_key(owner, None, str(name_f)), form_hits[c], form_counts[c])
                 for c, name_p in enumerate(pair_names):
                     if pair_counts[c] > 0:
                         add(_cell_key(owner, *str(name_p).split("|", 1)), pair_hits[c], pair_counts[c])
@@ -108,7 +120,8 @@ class CategoryPrior:
     def _shrunk(self, owner: str, category: str | None, form: str | None, base: float) -> float:
         m = self.strength
         value = base
-        for key in (_cell_key(owner), _cell_key(owner, category), _cell_key(owner, category, form)):
+        middle = _cell_key(owner, None, form) if self.order == "form" else _cell_key(owner, category)
+        for key in (_cell_key(owner), middle, _cell_key(owner, category, form)):
             hits, count = self.cells.get(key, (0.0, 0.0))
             value = (hits + m * value) / (count + m)
         return value
@@ -149,6 +162,7 @@ class CategoryPrior:
             "cells": {k: [float(v[0]), float(v[1])] for k, v in sorted(self.cells.items())},
             "kinds": dict(self.kinds),
             "strength": self.strength,
+            "order": self.order,
         }
 
     @classmethod
@@ -156,7 +170,7 @@ class CategoryPrior:
         data = dict(data or {})
         cells = {str(k): [float(v[0]), float(v[1])] for k, v in dict(data.get("cells", {})).items()}
         return cls(cells=cells, kinds={str(k): str(v) for k, v in dict(data.get("kinds", {})).items()},
-                   strength=float(data.get("strength", DEFAULT_STRENGTH)))
+                   strength=float(data.get("strength", DEFAULT_STRENGTH)), order=str(data.get("order", "category")))
 
 
 def logit(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:

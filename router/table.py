@@ -48,10 +48,26 @@ class PairTable:
     correct: np.ndarray  # (n_queries, n_backends) float32
     latency: np.ndarray  # (n_queries, n_backends) float32
     stats: dict[str, Any] = field(default_factory=dict)
+    #: Where each query came from: its pairs file, its bootstrap set, or "judgment" (empty: one origin).
+    origins: list[str] = field(default_factory=list)
 
     @property
     def n_queries(self) -> int:
         return len(self.query_ids)
+
+    def origin_weights(self, index: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Row weights over ``index`` that give every origin the same total weight (mean weight 1).
+
+        Six hundred synthetic shapes must not outvote a hundred real photos when the prior and the
+        calibration are fitted: each set is one piece of evidence about how backends behave, and users
+        ask about photos. With one origin (or none recorded) every weight is 1.
+        """
+        idx = np.asarray(index, dtype=np.int64)
+        if idx.size == 0 or len(self.origins) != self.n_queries:
+            return np.ones(idx.size)
+        names, codes = np.unique(np.array([self.origins[i] for i in idx], dtype=object).astype(str), return_inverse=True)
+        counts = np.bincount(codes, minlength=len(names)).astype(np.float64)
+        return idx.size / (len(names) * counts[codes])
 
     @property
     def labelled(self) -> np.ndarray:
@@ -103,6 +119,7 @@ class PairTable:
             list(self.backends), pick(self.query_ids), pick(self.questions), pick(self.images),
             pick(self.image_keys), pick(self.categories), pick(self.groups),
             self.correct[idx], self.latency[idx], dict(self.stats),
+            pick(self.origins) if len(self.origins) == self.n_queries else [],
         )
 
     def truth(self, index: np.ndarray | Sequence[int] | None = None) -> dict[str, dict[str, float]]:
@@ -126,6 +143,7 @@ class TableBuilder:
         self.images: list[str | None] = []
         self.image_keys: list[str | None] = []
         self.categories: list[str | None] = []
+        self.origins: list[str] = []
         self._q = array("i")
         self._b = array("i")
         self._y = array("f")
@@ -138,7 +156,7 @@ class TableBuilder:
         self.conflicts: list[str] = []
         self.n_rows = 0
 
-    def add(self, row: Mapping[str, Any], line: int = 0, source_no: int = 0) -> None:
+    def add(self, row: Mapping[str, Any], line: int = 0, source_no: int = 0, origin: str = "") -> None:
         backend = str(row["backend"])
         if self.allowed is not None and backend not in self.allowed:
             self.ignored[backend] += 1
@@ -152,6 +170,7 @@ class TableBuilder:
             self.images.append(row.get("image") or None)
             self.image_keys.append(row.get("image_sha256") or None)
             self.categories.append(normalise_category(row.get("category")))
+            self.origins.append(_origin_of(row, origin))
         else:
             if self.images[q] is None and row.get("image"):
                 self.images[q] = row["image"]
@@ -200,6 +219,7 @@ class TableBuilder:
             image_keys=self.image_keys,
             categories=self.categories,
             groups=[],
+            origins=self.origins,
             correct=correct,
             latency=latency,
             stats={
@@ -212,6 +232,13 @@ class TableBuilder:
         )
         table.groups = [group_of(i) if group_of else default_group(table, i) for i in range(nq)]
         return table
+
+
+def _origin_of(row: Mapping[str, Any], default: str) -> str:
+    """A query's origin: people's judgments, else the set a bootstrap run named, else the caller's (a file)."""
+    if str(row.get("source") or "") == "judgment":
+        return "judgment"
+    return str(row.get("dataset") or default or "pairs")
 
 
 def _cell_index(q: np.ndarray, c: np.ndarray, nb: int) -> np.ndarray:
@@ -284,7 +311,7 @@ def build_table(
         if not Path(path).is_file():
             raise RouterError(f"pairs file not found: {path}")
         for line, row in iter_pairs_file(path, errors):
-            builder.add(row, line, source_no)
+            builder.add(row, line, source_no, origin=Path(path).name)
         if errors:
             message = format_line_errors(str(path), errors)
             if strict:
@@ -298,7 +325,7 @@ def build_table(
             except ValueError as exc:
                 bad.append((number, str(exc)))
                 continue
-            builder.add(clean, number, len(pairs))
+            builder.add(clean, number, len(pairs), origin="store")
         if bad:
             warnings.append(format_line_errors("store performance pairs (row numbers)", bad) + "\n(these rows were skipped)")
     # Group keys: hash each image file once even when many queries share it.

@@ -62,6 +62,9 @@ class TrainConfig:
     #: Build the router as a correction on the per-category prior that fades for unfamiliar input
     #: (router.correction); off gives the plain heads (kept as a peer and for comparison).
     prior_correction: bool = True
+    #: Weight the prior and its calibration so every origin of the data (each pairs file or bootstrap set,
+    #: people's judgments) counts the same (PairTable.origin_weights).
+    balance_origins: bool = True
     threads: int | None = None  # torch intra-op threads during training; None leaves torch's default
 
     def to_json(self) -> dict[str, Any]:
@@ -232,7 +235,7 @@ def train_router(
         keep = [j for j, n in enumerate(table.backends) if n in by_name]
         table = PairTable(
             [table.backends[j] for j in keep], table.query_ids, table.questions, table.images, table.image_keys,
-            table.categories, table.groups, table.correct[:, keep], table.latency[:, keep], table.stats,
+            table.categories, table.groups, table.correct[:, keep], table.latency[:, keep], table.stats, table.origins,
         )
     check_enough(table, config)
     t0 = time.perf_counter()
@@ -314,7 +317,7 @@ def train_router(
             learned_oof=calibrator.transform(calib_logits), rows=calib_rows, features=features, correct=correct,
             questions=table.questions, groups=table.groups, backends=chosen,
             text_dim=extractor.config.text_dim, image_dim=0 if extractor.config.text_only else extractor.config.image_dim,
-            seed=config.seed,
+            seed=config.seed, row_weights=table.origin_weights(calib_rows) if config.balance_origins else None,
         )
     router.card = {
         "format": 1,

@@ -54,14 +54,15 @@ def test_cells_shrink_toward_their_parents() -> None:
     choice = prior.vector(BACKENDS, "object", "choice")
     yesno = prior.vector(BACKENDS, "object", "yesno")
     assert choice[0] > choice[1] and yesno[1] > yesno[0]
-    # Worked value: backend level (6 + 4*kind)/(12 + 4), category the same, form (6 + 4*cat)/(6 + 4).
+    # Worked value (form first): backend level (6 + 4*kind)/(12 + 4), form (6 + 4*overall)/(6 + 4),
+    # category x form (6 + 4*form)/(6 + 4).
     m = 4.0
     # The kind-level cells hold the same rows as the backend's here.
     k0 = (6 + m * RULE_PRIOR[0]) / (12 + m)
-    k1 = (6 + m * k0) / (12 + m)
+    k1 = (6 + m * k0) / (6 + m)
     k2 = (6 + m * k1) / (6 + m)
     b0 = (6 + m * k2) / (12 + m)
-    b1 = (6 + m * b0) / (12 + m)
+    b1 = (6 + m * b0) / (6 + m)
     b2 = (6 + m * b1) / (6 + m)
     assert choice[0] == pytest.approx(b2)
     # A cell with no rows is its parent's value: an unseen form for a seen category.
@@ -84,3 +85,37 @@ def test_nan_cells_are_ignored_and_json_round_trips() -> None:
     again = CategoryPrior.from_json(prior.to_json())
     assert np.allclose(again.matrix(BACKENDS, ["object", "ocr"], ["open", "yesno"]),
                        prior.matrix(BACKENDS, ["object", "ocr"], ["open", "yesno"]))
+
+
+def test_a_sparse_cell_borrows_from_its_form_in_other_categories() -> None:
+    # The classifier never answers a yes/no question (80 'object' rows) and is always right when the
+    # options are listed; one 'scene/yesno' row alone must not pull scene's yes/no cell toward the
+    # classifier's good choice-question record in 'scene'.
+    rows = [[0, 1]] * 40 + [[1, 1]] * 40 + [[1, 0]] * 40 + [[0, 1]]
+    cats = ["object"] * 80 + ["scene"] * 40 + ["scene"]
+    forms = ["yesno"] * 40 + ["choice"] * 40 + ["choice"] * 40 + ["yesno"]
+    prior = CategoryPrior.fit(np.array(rows, dtype=float), ["clf", "llm"], ["vlm", "vlm+llm"], cats, forms)
+    assert prior.order == "form"
+    assert prior.probability("clf", "vlm", "scene", "yesno") < 0.15
+    category_first = CategoryPrior(cells=prior.cells, kinds=prior.kinds, order="category")
+    assert category_first.probability("clf", "vlm", "scene", "yesno") > 0.5
+
+
+def test_a_prior_saved_before_the_form_order_keeps_its_category_order() -> None:
+    prior = CategoryPrior.fit(np.array([[1.0, 0.0]] * 8), ["clf", "llm"], ["vlm", "vlm+llm"], ["object"] * 8, ["open"] * 8)
+    old = prior.to_json()
+    old.pop("order")
+    assert CategoryPrior.from_json(old).order == "category"
+    assert CategoryPrior.from_json(prior.to_json()).order == "form"
+
+
+def test_weights_count_rows_as_evidence() -> None:
+    # Two sets: 30 rows where clf is right on open questions, 10 where it is wrong. Balanced weights
+    # (each set the same total) put clf near 1/2, unweighted near 3/4.
+    correct = np.array([[1.0, 0.0]] * 30 + [[0.0, 1.0]] * 10)
+    args = (["clf", "llm"], ["vlm", "vlm+llm"], ["object"] * 40, ["open"] * 40)
+    weights = np.array([40 / (2 * 30)] * 30 + [40 / (2 * 10)] * 10)
+    plain = CategoryPrior.fit(correct, *args, strength=0.5).probability("clf", "vlm", "object", "open")
+    balanced = CategoryPrior.fit(correct, *args, weights=weights, strength=0.5).probability("clf", "vlm", "object", "open")
+    assert plain == pytest.approx(0.75, abs=0.03)
+    assert balanced == pytest.approx(0.5, abs=0.03)

@@ -210,6 +210,15 @@ def test_bench_offline_refuses_unknown_measurements() -> None:
     assert "--only takes some of vision_first, vision, llm_cold_nf4, llm_nf4, llm_fp32" in proc.stderr
 
 
+@runs_script("bench_router_real.py")
+def test_bench_router_real_refuses_training_on_its_evaluation_photos(tmp_path: Path) -> None:
+    leak = ROOT / "data" / "benchmarks" / "offline_pairs_bootstrap_eval.jsonl"
+    proc = run_script("bench_router_real.py", "--train-pairs", leak, "--sets", "real", "--out", tmp_path / "r.json",
+                      timeout=300, expect_rc=2)
+    assert "evaluation images are also in the training pairs" in proc.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
 # ------------------------------------------------------------------------------------------ benchmarks, slow
 @runs_script("gpu_check.py")
 @pytest.mark.slow
