@@ -11,6 +11,7 @@ table modules together; see that module for the concurrency and durability rules
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -203,8 +204,7 @@ class StoreCore:
         if self.read_only:
             return
         try:
-            if db.journal_mode != "wal":
-                db.enable_wal()
+            self._switch_to_wal(db)
         except sqlite3.OperationalError as error:
             if "readonly" in str(error).lower() or "read-only" in str(error).lower():
                 if version < schema.LATEST_VERSION:
@@ -218,6 +218,29 @@ class StoreCore:
             raise StoreError(f"{self.path}: {error}; the database stays at schema version {error.version}") from error
         except sqlite3.Error as error:
             raise StoreError(f"{self.path}: cannot upgrade the schema: {self._describe(error)}") from error
+
+    def _switch_to_wal(self, db: Database) -> None:
+        """Put the file in WAL mode, retrying while another process holds a lock.
+
+        Changing the journal mode needs an exclusive lock, and SQLite does not always run the busy
+        handler for it (a reader upgrading its lock gets SQLITE_BUSY at once to avoid a deadlock), so
+        several processes opening a fresh file together can see "database is locked" immediately.
+        Retry with a little jitter until ``lock_timeout_s``; another process may well have switched
+        the mode meanwhile, which is checked on every try.
+        """
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.01
+        while True:
+            try:
+                if db.journal_mode != "wal":
+                    db.enable_wal()
+                return
+            except sqlite3.OperationalError as error:
+                text = str(error).lower()
+                if ("locked" not in text and "busy" not in text) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.25)
 
     def _describe(self, error: BaseException) -> str:
         return describe_error(error, self.lock_timeout_s)
