@@ -1,4 +1,9 @@
-"""Annotation sessions: least-certain items first, every backend answers, keyboard verdicts, resume later.
+"""Annotation sessions: items in the order that teaches the router fastest, every backend answers,
+keyboard verdicts, resume later.
+
+The queue's order is the strategy the replay simulator measured best (:mod:`components.annotate_order`),
+with a share of random picks; every 20 saved judgments a background incremental retrain re-ranks the
+session's pending items.
 
 A session may be blind (the default for sessions started here: panels are "Model A", "Model B", ...
 until each judgment is saved) and may ask for k judgments per item: others join it from the session
@@ -19,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
 from backends.base import Answer
 from backends.scoring import score_answer
 from components import answer_grid, judge_bar
+from components.annotate_order import STRATEGY_WORDS, QueueRefresher, is_learned, measured_strategy, order_items, refreshed_order
 from components.annotate_study import (
     NEW_SESSION,
     guidelines_label,
@@ -97,6 +102,9 @@ class AnnotateView:
         # item waits for those answers instead of asking every model again (shared by all users).
         self._answering: dict[tuple[str, str], threading.Event] = {}
         self._answering_lock = threading.Lock()
+        #: The annotation order the simulator measured best, and the per-session background re-ranking.
+        self.strategy = measured_strategy()
+        self.refresher = QueueRefresher()
 
     # ---------------------------------------------------------------- datasets
     def dataset_choices(self) -> list[tuple[str, str]]:
@@ -115,20 +123,29 @@ class AnnotateView:
                 self._items[spec] = {item.id: item for item in load_eval_items(spec)}
             return self._items[spec]
 
-    def order_items(self, items: list[EvalItem]) -> list[str]:
-        """Least certain first: the router's margin between its two best backends, smallest first.
+    def order_items(self, items: list[EvalItem]) -> tuple[list[str], str]:
+        """The items' ids in queue order and the words naming that order (see :mod:`components.annotate_order`).
 
-        One batched scoring call for the whole dataset; if it fails, the file order stands.
+        One batched scoring call for the whole dataset; if it fails, the file order stands and says so.
         """
+        router = self.runtime.router.active
         try:
-            probabilities = self.runtime.router.probability_matrix([i.image for i in items], [i.question for i in items])
+            return order_items(router, items, list(router.costs), self.strategy)
         except Exception as exc:  # ordering is a nicety
             log.warning("could not score the items for ordering, keeping the file order: %s", exc)
-            return [item.id for item in items]
-        top_two = np.sort(probabilities, axis=1)[:, ::-1][:, :2]
-        margins = top_two[:, 0] - (top_two[:, 1] if top_two.shape[1] > 1 else 0.0)
-        order = sorted(range(len(items)), key=lambda k: (float(margins[k]), k))
-        return [items[k].id for k in order]
+            return [item.id for item in items], "file order (the router could not score these items)"
+
+    def refresh_queue(self, session_id: str, spec: str) -> int:
+        """Re-rank a session's pending items after an incremental retrain on its verdicts; items moved."""
+        store = self.runtime.store
+        router = self.runtime.router.active
+        if store is None or not is_learned(router):
+            return 0
+        items = list(self.items(spec).values())
+        judged = store.session_item_verdicts(session_id)
+        order = refreshed_order(router, items, judged, router.backend_names, list(router.costs), self.strategy,
+                                cache=self.refresher.cache, seed=len(judged))
+        return store.reorder_pending(session_id, order)
 
     # ---------------------------------------------------------------- handlers
     def start(self, annotator: str, spec: str, state: AnnotationState | None, progress=None, *,
@@ -164,15 +181,15 @@ class AnnotateView:
                 message = f"Welcome back, {html.escape(annotator)}: resuming where you stopped."
             else:
                 if progress is not None:
-                    progress(0.1, desc="Ordering items: least certain first")
-                order = self.order_items(list(items.values()))
+                    progress(0.1, desc=f"Ordering items: {STRATEGY_WORDS.get(self.strategy.name, self.strategy.name)}")
+                order, order_words = self.order_items(list(items.values()))
                 try:
                     session_id = store.start_session(annotator, spec, order, k=int(k or 1), blind=bool(blind),
                                                      guidelines=(guidelines or "").strip() or None)
                 except ValueError as exc:
                     return [f"⚠️ {html.escape(str(exc))}", progress_html(0, 0), state or AnnotationState()]
                 session = store.session(session_id)
-                message = f"New session for {html.escape(annotator)}: {len(order)} items, least certain first."
+                message = f"New session for {html.escape(annotator)}: {len(order)} items, in this order: {html.escape(order_words)}."
                 if session["k"] > 1:
                     message += f" Each item goes to {session['k']} annotators: others join it from the session list."
         if session["blind"]:
@@ -348,6 +365,8 @@ class AnnotateView:
             status = "  \n".join(x for x in (
                 "✓ Saved (blind).", self.compare.reveal_text(state.query), self.compare.identity_notice(state.query)) if x)
         state.done.add(state.current)
+        session_id, spec = state.session_id, state.dataset
+        self.refresher.note_saved(session_id, lambda: self.refresh_queue(session_id, spec))
         store = self.runtime.store
         state.current = store.claim_item(state.session_id, state.annotator) if store is not None else None
         return [status, self.progress(state), state]

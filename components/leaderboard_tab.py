@@ -12,6 +12,7 @@ import gradio as gr
 
 from components.cost_quality import CostQualityPanel
 from components.figures import empty_figure
+from components.learning_curve import read_simulation, simulator_figure, versions_learning_figure
 from components.runtime import Runtime
 from components.study_panel import headline_ratings_figure
 from data.ratings import bradley_terry_with_ci
@@ -115,7 +116,8 @@ class LeaderboardView:
         versions = self.runtime.router.versions()
         if store is None:
             empty = _empty("The database is unavailable.")
-            return [counts_markdown(stats), empty, empty, empty, empty, self._version_choices(versions), *self.cost_quality.refresh()]
+            return [counts_markdown(stats), empty, empty, empty, empty, self._version_choices(versions),
+                    versions_learning_figure(versions), simulator_figure(read_simulation()), *self.cost_quality.refresh()]
         return [
             counts_markdown(stats),
             accuracy_figure(stats_to_frame(stats)),  # the stats already read, not a second query
@@ -123,12 +125,17 @@ class LeaderboardView:
             versions_figure(versions),
             reliability_figure(self.runtime.router.card()),
             self._version_choices(versions),
+            versions_learning_figure(versions),
+            simulator_figure(read_simulation()),
             *self.cost_quality.refresh(),
         ]
 
     @staticmethod
     def _version_choices(versions: list[dict[str, Any]]):
-        return gr.update(choices=[v["version"] for v in versions], value=None)
+        """Every version, the active one marked and selected (so the dropdown is never blank)."""
+        choices = [(f"{v['version']} (active)" if v.get("active") else v["version"], v["version"]) for v in versions]
+        active = next((v["version"] for v in versions if v.get("active")), None)
+        return gr.update(choices=choices, value=active)
 
     def retrain(self, force: bool, progress=None) -> str:
         try:
@@ -166,6 +173,10 @@ class LeaderboardView:
         with gr.Row():
             versions_plot = gr.Plot(show_label=False, elem_id="lb-versions")
             reliability = gr.Plot(show_label=False, elem_id="lb-reliability")
+        gr.Markdown("### The learning loop: judgments → a better router")
+        with gr.Row():
+            learning = gr.Plot(show_label=False, elem_id="lb-learning")
+            simulated = gr.Plot(show_label=False, elem_id="lb-simulated")
         self.cost_quality.build()
         with gr.Row():
             with gr.Column():
@@ -182,7 +193,8 @@ class LeaderboardView:
             export = gr.Button("Prepare download", elem_id="lb-export")
             download = gr.File(label="Download", interactive=False, height=90, elem_id="lb-download")
 
-        outputs = [counts, accuracy, ratings, versions_plot, reliability, version, *self.cost_quality.outputs]
+        outputs = [counts, accuracy, ratings, versions_plot, reliability, version, learning, simulated,
+                   *self.cost_quality.outputs]
         refresh.click(self.refresh, None, outputs)
 
         def do_retrain(force_value: bool, progress=gr.Progress()):

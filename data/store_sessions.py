@@ -314,6 +314,55 @@ class SessionTables(StoreCore):
 
     # ---------------------------------------------------------------- guidelines
 
+    def reorder_pending(self, session_id: str, item_ids: Sequence[str]) -> int:
+        """Hand a session's pending items out in the order of ``item_ids`` from now on.
+
+        Only items that are not done and not handed to anyone move: they take the positions that
+        those same items held, in the new order, so done items, open hand-outs and any item not listed
+        keep their place. Returns how many items moved. Used by the Annotate queue when an incremental
+        retrain re-scores what is left. KeyError for an unknown session.
+        """
+        session_id = check_required(session_id, "session_id", MAX_KEY_CHARS)
+        wanted = [str(i) for i in item_ids]
+
+        def write(db: Database) -> int:
+            if db.execute("SELECT 1 FROM sessions WHERE id = ?", [session_id]).fetchone() is None:
+                raise KeyError(f"unknown session {session_id!r}")
+            free = dict(db.execute(
+                "SELECT item_id, position FROM session_items i WHERE session_id = ? AND done_at IS NULL AND NOT EXISTS "
+                "(SELECT 1 FROM session_assignments a WHERE a.session_id = i.session_id AND a.item_id = i.item_id)",
+                [session_id],
+            ).fetchall())
+            moving = [i for i in dict.fromkeys(wanted) if i in free]
+            if len(moving) < 2:
+                return 0
+            slots = sorted(free[i] for i in moving)
+            # Two passes (negative positions first) so the primary key (session_id, position) never collides.
+            db.conn.executemany("UPDATE session_items SET position = ? WHERE session_id = ? AND item_id = ?",
+                                [(-1 - n, session_id, item) for n, item in enumerate(moving)])
+            db.conn.executemany("UPDATE session_items SET position = ? WHERE session_id = ? AND item_id = ?",
+                                [(slot, session_id, item) for slot, item in zip(slots, moving, strict=True)])
+            return sum(1 for slot, item in zip(slots, moving, strict=True) if free[item] != slot)
+
+        return self._transact(write, what="session order")
+
+    def session_item_verdicts(self, session_id: str) -> dict[str, dict[str, float]]:
+        """``{item_id: {backend: mean verdict}}`` over every judgment of a session's items (for the
+        Annotate queue's incremental retrain)."""
+        session_id = check_required(session_id, "session_id", MAX_KEY_CHARS)
+
+        def read(db: Database) -> dict[str, dict[str, float]]:
+            out: dict[str, dict[str, float]] = {}
+            for item, backend, value in db.execute(
+                "SELECT q.item_id, v.backend, AVG(v.correct) FROM judgments j JOIN verdicts v ON v.judgment_id = j.id "
+                "JOIN queries q ON q.id = j.query_id WHERE q.session_id = ? AND q.item_id IS NOT NULL "
+                "AND v.correct IS NOT NULL GROUP BY q.item_id, v.backend", [session_id],
+            ):
+                out.setdefault(str(item), {})[str(backend)] = float(value)
+            return out
+
+        return self._read(read)
+
     def set_guidelines(self, scope: str, key: str, text: str) -> dict[str, Any]:
         """Record guidelines (Markdown) for a session (``scope="session"``, key its id) or a dataset (key its
         spec). A text equal to the latest version's is not stored again. Returns the version's row

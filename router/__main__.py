@@ -5,6 +5,7 @@
     python -m router versions --db DB            (or --dir DIR)
     python -m router rollback VERSION --db DB    (or --dir DIR)
     python -m router bootstrap --preset P [--data SET ...] [--limit N] [--db DB]   (router/bootstrap.py)
+    python -m router simulate --pairs P [--strategies random,uncertainty,...] [--seeds N] [--json]   (router/simulate.py)
 
 Problems a person can fix (too few rows, bad lines, unknown backends, missing files) are printed as
 one clear message on stderr with exit status 2, never as a traceback.
@@ -310,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     from router import bootstrap  # python -m router bootstrap: its options and main live there
 
     bootstrap.add_parser(sub)
+    from router import simulate  # python -m router simulate: replay annotation orders (router/simulate.py)
+
+    simulate.add_parser(sub)
     return parser
 
 

@@ -149,6 +149,7 @@ def evaluate(
         "n_pairs": int(np.isfinite(y).sum()),
         "n_skipped_incomplete": int((~complete).sum()),
         "routed_accuracy": _round(float(chosen.mean())),
+        "routed_accuracy_ci95": [_round(v) for v in paired_bootstrap_ci(chosen, resamples=BOOTSTRAP_RESAMPLES, seed=seed)],
         "best_single_accuracy": _round(float(per_backend.max())),
         "best_single_backend": names[int(np.argmax(per_backend))],
         "oracle_accuracy": _round(float(best.mean())),

@@ -379,6 +379,8 @@ def train_router(
         features=features[held_idx],
         timing_sample=config.timing_sample if feature_source == "computed" else 0,
     )
+    # How many of the queries people judged (the Leaderboard's learning curve is drawn against it).
+    report["judged_queries"] = int(sum(1 for origin in table.origins if origin == "judgment"))
     router.card["metrics"] = report
     router.card["training"]["total_seconds"] = round(time.perf_counter() - t0, 3)
     return TrainResult(router, router.card, table, folds, features, warnings)

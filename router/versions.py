@@ -228,6 +228,9 @@ class VersionEntry:
             "routed_accuracy": self.metrics.get("routed_accuracy"),
             "best_single_accuracy": self.metrics.get("best_single_accuracy"),
             "oracle_accuracy": self.metrics.get("oracle_accuracy"),
+            "routed_accuracy_ci95": self.metrics.get("routed_accuracy_ci95"),
+            "category_rule_accuracy": self.metrics.get("category_rule_accuracy"),
+            "judged_queries": self.metrics.get("judged_queries"),
             "ece": self.metrics.get("ece"),
         }
 
@@ -374,7 +377,8 @@ def utc_now() -> str:
 
 def _index_entry(card: Mapping[str, Any], path: str) -> dict[str, Any]:
     metrics = card.get("metrics", {}) or {}
-    keep = ("routed_accuracy", "best_single_accuracy", "oracle_accuracy", "ece", "n_queries", "decision_ms_p50")
+    keep = ("routed_accuracy", "routed_accuracy_ci95", "best_single_accuracy", "category_rule_accuracy", "oracle_accuracy",
+            "ece", "n_queries", "judged_queries", "decision_ms_p50")
     return {
         "version": card["version"],
         "path": path,

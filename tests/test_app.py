@@ -215,14 +215,15 @@ def test_leaderboard_refresh_draws_judged_accuracy(runtime) -> None:
     assert list(points.customdata) == [2, 1, 1]  # comparisons per backend
 
 
-def test_annotation_order_puts_the_least_certain_first(runtime, monkeypatch) -> None:
-    import numpy as np
-
+def test_annotation_order_names_the_order_it_really_uses(runtime, monkeypatch) -> None:
+    from components import annotate_tab
     from data.datasets import EvalItem
 
-    items = [EvalItem(id=f"i{k}", image=CAT, question=f"q{k}", answer="cat") for k in range(3)]
-    margins = np.array([[0.9, 0.1, 0.0], [0.5, 0.45, 0.1], [0.7, 0.4, 0.0]])  # margins 0.8, 0.05, 0.3
-    monkeypatch.setattr(runtime.router, "probability_matrix", lambda images, questions: margins)
-    assert AnnotateView(runtime).order_items(items) == ["i1", "i2", "i0"]
-    monkeypatch.setattr(runtime.router, "probability_matrix", lambda images, questions: 1 / 0)
-    assert AnnotateView(runtime).order_items(items) == ["i0", "i1", "i2"]  # scoring failed: file order
+    questions = ["How many cats?", "How many dogs?", "What colour is it?", "What colour is the sky?"]
+    items = [EvalItem(id=f"i{k}", image=CAT, question=q, answer="cat") for k, q in enumerate(questions)]
+    assert runtime.router.active.kind == "category_rule"
+    order, words = AnnotateView(runtime).order_items(items)
+    assert order == ["i0", "i2", "i1", "i3"]  # one of each kind in turn: nothing learned to be uncertain about
+    assert "no learned router" in words
+    monkeypatch.setattr(annotate_tab, "order_items", lambda *a, **k: 1 / 0)
+    assert AnnotateView(runtime).order_items(items) == (["i0", "i1", "i2", "i3"], "file order (the router could not score these items)")

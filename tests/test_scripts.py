@@ -29,6 +29,7 @@ CAT = ROOT / "data" / "examples" / "chelsea.jpg"
 #: Scripts whose smoke test lives elsewhere, and why.
 ELSEWHERE = {
     "bench_remote.py": "needs llama-cpp-python's server (requirements-server.txt): tests/test_remote_llamacpp.py",
+    "bench_openai_api.py": "needs a launched app with the endpoint: tests/test_openai_api.py::test_bench_openai_api_script_smoke",
 }
 #: script -> the tests here that run it (filled by @runs_script).
 COVERED: dict[str, list[str]] = {}
@@ -378,3 +379,19 @@ def test_bench_app_times_the_page_and_answers(tmp_path: Path) -> None:
     for key in ("first_question", "later_question"):
         assert 0 < report[key]["first_answer_s"] <= report[key]["all_answers_s"], report
     assert "page served" in proc.stdout
+
+
+@runs_script("bench_simulate.py")
+def test_bench_simulate_writes_the_simulator_result_and_timings(tmp_path: Path) -> None:
+    from tests.test_simulate import synthetic_pool
+
+    pool = synthetic_pool(tmp_path / "pool.jsonl", n=300)
+    run_script("bench_simulate.py", "--pairs", pool, "--seeds", "2", "--sizes", "200", "--encoder", "hashing",
+               "--full-retrain", "--out-dir", tmp_path / "out")
+    result = read_json(tmp_path / "out" / "simulate_offline.json")
+    assert {"random", "kcenter"} <= set(result["strategies"]) and result["judgments_to_match_random"]["random"] == 1.0
+    assert result["settings"]["seeds"] == 2
+    bench = read_json(tmp_path / "out" / "bench_simulate.json")
+    assert bench["queries"] == 300 and [row["n"] for row in bench["incremental"]] == [200]
+    check_timing(bench["incremental"][0], "basis_s", "fit_cold_s", "fit_warm_s")
+    check_timing(bench, "features_s", "simulator_s", "full_retrain_s")
