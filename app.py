@@ -24,7 +24,7 @@ log = logging.getLogger("routelens")
 MAX_UPLOAD = "25mb"
 
 INTRO = """
-<div id="rl-header"><h1>🔎 RouteLens</h1><span class="tag">Which vision model should answer this question?</span></div>
+<div id="rl-header"><h1>🔎 RouteLens</h1><span class="tag">Which vision model should answer this question?</span><a class="rl-api-link" id="rl-api-link" href="?view=api" target="_blank" rel="noopener">Use via API ↗</a></div>
 
 Upload an image and ask a question. **Every backend answers side by side**: CLIP-style models (**vlm**: an image
 encoder that ranks labels) and LLaVA-style models (**vlm+llm**: a vision encoder feeding a language model). A small
@@ -44,7 +44,7 @@ ABOUT = """
 
 ### Programmatic API
 `gradio_client.Client(url)` then `/route` (image, question), `/compare` (image, question, labels),
-`/judge` (query_id, verdicts JSON, annotator), `/stats` (). See "Use via API" at the bottom of the page.
+`/judge` (query_id, verdicts JSON, annotator), `/stats` (). See the "Use via API" link at the top of the page (or open `?view=api`).
 
 ### Licences
 EfficientNet-Lite0 weights: Apache-2.0 · MiniLM (all-MiniLM-L6-v2): Apache-2.0 · Gemma 3 270M: Gemma Terms of Use ·
@@ -125,6 +125,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lambda-cost", type=float, default=0.0, help="default cost weight of the router's choice")
     parser.add_argument("--no-bootstrap", action="store_true",
                         help="on a preset's first start with no router and no shipped pairs, do not build a first router in the background")
+    parser.add_argument("--api-key-env", default=None, metavar="NAME",
+                        help="environment variable holding the key of /v1/chat/completions (default ROUTELENS_API_KEY)")
     return parser.parse_args(argv)
 
 
@@ -134,8 +136,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
     from backends.presets import PresetError
+    from components.openai_api import ExposureError, OpenAIEndpoint, check_exposure
     from components.theme import launch_kwargs
 
+    key_env = args.api_key_env or "ROUTELENS_API_KEY"
+    api_key = os.environ.get(key_env) or None
+    if args.api_key_env and not api_key:
+        print(f"error: --api-key-env {key_env}: that variable is not set", file=sys.stderr)
+        return 2
+    try:
+        check_exposure(args.host, api_key)
+    except ExposureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     config = AppConfig(
         preset=args.preset, db_path=args.db, quantize=not args.no_quantize, default_lambda=args.lambda_cost,
         bootstrap=not args.no_bootstrap,
@@ -150,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = build_app(runtime)
     demo.queue(default_concurrency_limit=4, max_size=64)
     auth = parse_auth(args.auth)
+    # The share tunnel arrives from loopback: without a key the endpoint stays closed there.
+    closed = "this server is shared publicly and has no API key; set ROUTELENS_API_KEY" if args.share else None
+    endpoint = OpenAIEndpoint(runtime, api_key=api_key, closed_reason=closed)
     demo.launch(
         server_name=args.host,
         server_port=args.port,
@@ -159,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_file_size=MAX_UPLOAD,
         allowed_paths=[],
         show_error=False,
+        # FastAPI takes routes at construction: /v1 exists before Gradio's routes, and launch keeps share/auth.
+        app_kwargs={"routes": endpoint.routes()},
         **launch_kwargs(),
     )
     return 0
