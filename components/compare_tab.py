@@ -258,7 +258,8 @@ class CompareView:
                 concurrency_id="compare", concurrency_limit=self.runtime.config.max_concurrent_compares,
                 show_progress="hidden",
             )
-        card.lambda_cost.release(self.rerank, [card.lambda_cost, state], [card.card, card.chart, *bodies, state], queue=False)
+        card.lambda_cost.change(self.rerank, [card.lambda_cost, state], [card.card, card.chart, *bodies, state], queue=False,
+                                show_progress="hidden")
         def save_as_user(request: gr.Request, current: QueryState, *values: Any) -> list[Any]:
             # Behind --auth the judgment is the logged-in user's, whatever the name box holds.
             user = getattr(request, "username", None)

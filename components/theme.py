@@ -48,6 +48,23 @@ CSS = """
 .rl-keys kbd {border: 1px solid var(--border-color-primary); border-bottom-width: 2px; border-radius: 4px;
   padding: 0 5px; font-size: 0.8rem;}
 footer {display: none !important;}
+#rl-header .rl-api-link {margin-left:auto; font-size:0.9rem; padding:3px 10px; border-radius:999px;
+  border:1px solid var(--border-color-primary); text-decoration:none;}
+/* Phone: one column, panels stacked, charts that fit, no sideways scrolling. Gradio prefixes every
+   selector here with ".gradio-container .contain", so these name what is inside the page, never the
+   container itself (a selector that starts with .gradio-container would never match). */
+@media (max-width: 700px) {
+  .row, .form {flex-direction: column !important; flex-wrap: nowrap !important;}
+  .column, .block, .form > *, .row > * {min-width: 0 !important; width: 100% !important; max-width: 100% !important;
+    flex: 1 1 auto !important;}
+  .js-plotly-plot, .plot-container, .svg-container, .main-svg {max-width: 100% !important; overflow: hidden;}
+  .modebar-container {display: none !important;}
+  table {display: block; max-width: 100%; overflow-x: auto;}
+  .tab-wrapper, [role=tablist] {flex-wrap: wrap !important; overflow-x: auto; max-width: 100%;}
+  #rl-header {flex-wrap: wrap;}
+  #rl-header .tag {white-space: normal;}
+  pre, code {white-space: pre-wrap; word-break: break-word;}
+}
 """
 
 #: Annotate-tab shortcuts: 1-9 toggle backend N correct/wrong, t tie, a all wrong, Enter save & next,
@@ -57,6 +74,15 @@ SHORTCUTS_JS = """
 () => {
   if (window.__routelensKeys) return;
   window.__routelensKeys = true;
+  // The header's "Use via API" link opens Gradio's own API page: it clicks the footer's button
+  // (the footer itself is hidden by our CSS); the link's href ?view=api is the fallback.
+  document.addEventListener('click', (event) => {
+    const link = event.target.closest && event.target.closest('#rl-api-link');
+    const button = document.querySelector('footer button.show-api');
+    if (!link || !button) return;
+    event.preventDefault();
+    button.click();
+  });
   document.addEventListener('keydown', (event) => {
     const tab = document.querySelector('#annotate-root');
     if (!tab || tab.offsetParent === null) return;
@@ -95,6 +121,19 @@ def theme() -> Any:
     return gr.themes.Soft(primary_hue="indigo", neutral_hue="slate", font=fonts, font_mono=mono)
 
 
+#: Page-level rules Gradio's ``css`` cannot express: it prefixes every selector with
+#: ".gradio-container .contain", so the page and the container themselves are styled from ``head``.
+PHONE_HEAD = """<style>
+@media (max-width: 700px) {
+  html, body {overflow-x: hidden; max-width: 100vw;}
+  .gradio-container, .gradio-container .main, .gradio-container .contain
+    {max-width: 100vw !important; min-width: 0 !important; box-sizing: border-box;}
+  .gradio-container, .gradio-container .main {padding-left: 0 !important; padding-right: 0 !important;}
+  .gradio-container .contain {padding: 0 6px !important;}
+}
+</style>"""
+
+
 def launch_kwargs() -> dict[str, Any]:
     """Style arguments for ``Blocks.launch`` (gradio 6 takes them there, not in the constructor)."""
-    return {"theme": theme(), "css": CSS, "js": SHORTCUTS_JS}
+    return {"theme": theme(), "css": CSS, "js": SHORTCUTS_JS, "head": PHONE_HEAD}

@@ -146,3 +146,35 @@ def test_browser_ask_see_router_and_panels_then_judge(app_url) -> None:
     assert len({row["judgment_id"] for row in saved}) == 1
     assert {row["backend"]: row["correct"] for row in saved} == {"efficientnet-lite0": 1.0, "gemma3-270m+tags": 0.0}
     assert {row["best"] for row in saved} == {"efficientnet-lite0"}
+
+
+def test_browser_phone_width_does_not_scroll_sideways_and_the_api_link_is_visible(app_url) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = app_url
+    SCREENSHOTS.mkdir(exist_ok=True)
+    width_js = "() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(url, wait_until="domcontentloaded")
+        phone.wait_for_selector("#run", timeout=60_000)
+        assert phone.evaluate(width_js) <= 400, "the page scrolls sideways at 390 px"
+        expect(phone.locator("#run")).to_be_visible()
+        phone.screenshot(path=str(SCREENSHOTS / "05-phone.png"), full_page=True)
+        phone.get_by_role("tab", name="Annotate").click()
+        phone.wait_for_timeout(1500)
+        assert phone.evaluate(width_js) <= 400, "the Annotate tab scrolls sideways at 390 px"
+        phone.screenshot(path=str(SCREENSHOTS / "06-phone-annotate.png"), full_page=True)
+        desk = browser.new_page(viewport=VIEWPORT)
+        desk.goto(url, wait_until="domcontentloaded")
+        desk.wait_for_selector("#run", timeout=60_000)
+        link = desk.locator("#rl-api-link")
+        expect(link).to_be_visible()
+        assert link.get_attribute("href") == "?view=api"
+        link.click()  # opens Gradio's API page, which lists the documented endpoints
+        expect(desk.get_by_text("/route").first).to_be_visible(timeout=60_000)
+        desk.screenshot(path=str(SCREENSHOTS / "07-api-page.png"))
+        browser.close()
