@@ -20,6 +20,9 @@ from data.store import stats_to_frame
 
 log = logging.getLogger("routelens")
 
+#: Heatmap cells with fewer judgments than this are greyed (their percentage hidden): too few to read.
+MIN_CELL_JUDGMENTS = 5
+
 
 def accuracy_figure(frame):
     """Heatmap: accuracy per backend (rows) per category (columns), with counts on hover."""
@@ -29,15 +32,30 @@ def accuracy_figure(frame):
         return _empty("No judgments yet: judge some answers in Compare or Annotate.")
     pivot = frame.pivot_table(index="backend", columns="category", values="accuracy", aggfunc="mean")
     counts = frame.pivot_table(index="backend", columns="category", values="n", aggfunc="sum").reindex_like(pivot)
+    values, n = pivot.values * 100, counts.fillna(0).values.astype(int)
+
+    def label(v: float, k: int) -> str:
+        if v != v:
+            return ""
+        return f"{v:.0f}%<br>n={k}" if k >= MIN_CELL_JUDGMENTS else f"n={k}"
+
     figure = go.Figure(
         go.Heatmap(
-            z=pivot.values * 100, x=list(pivot.columns), y=list(pivot.index), colorscale="Blues", zmin=0, zmax=100,
-            text=[[f"{v:.0f}%" if v == v else "" for v in row] for row in pivot.values * 100], texttemplate="%{text}",
-            customdata=counts.values, hovertemplate="%{y} · %{x}: %{z:.1f}% of %{customdata} judged<extra></extra>",
-            colorbar=dict(ticksuffix="%"),
+            z=values, x=list(pivot.columns), y=list(pivot.index), colorscale="Blues", zmin=0, zmax=100,
+            text=[[label(v, k) for v, k in zip(row, nrow, strict=True)] for row, nrow in zip(values, n, strict=True)],
+            texttemplate="%{text}", customdata=n,
+            hovertemplate="%{y} · %{x}: %{z:.1f}% of %{customdata} judged<extra></extra>", colorbar=dict(ticksuffix="%"),
         )
     )
-    figure.update_layout(title="Accuracy per backend and task category (from judgments)", height=120 + 40 * len(pivot),
+    # Cells with fewer than MIN_CELL_JUDGMENTS judgments are greyed over: too few to read as accuracy.
+    thin = [[1.0 if (v == v and k < MIN_CELL_JUDGMENTS) else None for v, k in zip(row, nrow, strict=True)]
+            for row, nrow in zip(values, n, strict=True)]
+    if any(c is not None for row in thin for c in row):
+        figure.add_heatmap(z=thin, x=list(pivot.columns), y=list(pivot.index), colorscale=[[0, "#e2e8f0"], [1, "#e2e8f0"]],
+                           showscale=False, hoverinfo="skip", text=[[label(v, k) if c else "" for v, k, c in zip(row, nrow, crow, strict=True)]
+                                                                    for row, nrow, crow in zip(values, n, thin, strict=True)],
+                           texttemplate="%{text}", name=f"fewer than {MIN_CELL_JUDGMENTS} judgments")
+    figure.update_layout(title=f"Accuracy per backend and task category (from judgments; grey: fewer than {MIN_CELL_JUDGMENTS})", height=120 + 40 * len(pivot),
                          margin=dict(l=10, r=10, t=40, b=10))
     return figure
 

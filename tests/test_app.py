@@ -208,6 +208,9 @@ def test_leaderboard_refresh_draws_judged_accuracy(runtime) -> None:
     heatmap = accuracy.data[0]
     assert list(heatmap.x) == ["object"] and list(heatmap.y) == ["clip", "llava"]
     assert [row[0] for row in heatmap.z] == [100.0, 0.0]  # clip judged correct, llava wrong
+    # one judgment per cell: the percentage is hidden and the cell greyed over (fewer than 5)
+    assert [row[0] for row in heatmap.text] == ["n=1", "n=1"]
+    assert [row[0] for row in accuracy.data[1].z] == [1.0, 1.0]
     # "best = clip" beats both others: clip rated first and above them, the other two level
     (points,) = ratings.data
     assert points.y[0] == "clip" and set(points.y) == {"clip", "llava", "broken"}
@@ -227,3 +230,20 @@ def test_annotation_order_names_the_order_it_really_uses(runtime, monkeypatch) -
     assert "no learned router" in words
     monkeypatch.setattr(annotate_tab, "order_items", lambda *a, **k: 1 / 0)
     assert AnnotateView(runtime).order_items(items) == (["i0", "i1", "i2", "i3"], "file order (the router could not score these items)")
+
+
+def test_accuracy_heatmap_shows_counts_and_greys_thin_cells() -> None:
+    import pandas as pd
+
+    from components.leaderboard_tab import accuracy_figure
+
+    frame = pd.DataFrame([
+        {"backend": "clip", "category": "object", "accuracy": 0.8, "n": 10},
+        {"backend": "clip", "category": "counting", "accuracy": 1.0, "n": 2},
+    ])
+    figure = accuracy_figure(frame)
+    main, grey = figure.data
+    cells = dict(zip(main.x, main.text[0], strict=True))
+    assert cells == {"counting": "n=2", "object": "80%<br>n=10"}
+    greyed = dict(zip(grey.x, grey.z[0], strict=True))
+    assert greyed == {"counting": 1.0, "object": None}
