@@ -77,7 +77,8 @@ def measured_strategy(path: Path = SIMULATION_FILE) -> MeasuredStrategy:
 
 def is_learned(router: Any) -> bool:
     """A router with features and trained heads (the queue's strategies need its beliefs)."""
-    return getattr(router, "extractor", None) is not None and getattr(router, "heads", None) is not None
+    return (getattr(router, "extractor", None) is not None and getattr(router, "heads", None) is not None
+            and callable(getattr(router, "score_features", None)))
 
 
 @dataclass
@@ -106,7 +107,8 @@ def score_items(router: Any, items: Sequence[Any], cache: FeatureCache | None = 
     features = (cache or FeatureCache()).rows(keys, compute)
     basis = Basis.from_heads(router.heads, features)
     design = basis.transform(features, questions)
-    probabilities, _ = router.score_batch(images, questions)
+    # Scored from the rows just computed (or cached): the router does not embed everything a second time.
+    probabilities, _ = router.score_features(features, questions)
     k = max(2, round(math.sqrt(len(items) / 2)))
     strata = kmeans_strata(design[:, :-1], k, seed=0)
     return ScoredItems([i.id for i in items], questions, features, design, np.asarray(probabilities, dtype=np.float64),
