@@ -173,8 +173,15 @@ class StoreCore:
         conn = db.conn
         # Read-only inspection first: nothing is written before we know the file is ours.
         try:
-            version = schema.user_version(conn)
-            names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            # One read transaction, so the version and the table list come from the same snapshot: read
+            # apart, another process's migration could commit between them and its fresh tables would
+            # look like "another program's database" at version 0.
+            conn.execute("BEGIN")
+            try:
+                version = schema.user_version(conn)
+                names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            finally:
+                conn.execute("COMMIT")
             if check:
                 problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
                 if problems != ["ok"]:
