@@ -66,6 +66,9 @@ def render_panel(info: BackendInfo, answer: Answer | None, *, picked: bool = Fal
     if answer is None:
         if info.status == "failed":
             body = f"<div class='rl-error'>{html.escape(info.error or 'failed to load')}</div>"
+        elif state == "skipped":
+            body = ("<div class='rl-meta rl-skipped'>Not asked: routed mode asked only the router's pick. "
+                    "<b>Ask the others too</b> runs this model on the same question.</div>")
         elif state == "running":
             loading = " (loading the model first)" if info.status in ("loading", "not loaded") else ""
             body = f"<div class='rl-wait'><div class='rl-spinner'></div>thinking{loading}…</div>"

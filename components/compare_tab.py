@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +21,9 @@ from typing import Any
 import gradio as gr
 
 from backends.base import Answer
-from components import answer_grid, input_panel, judge_bar, router_card
+from components import answer_grid, input_panel, judge_bar, router_card, saving
 from components.blind import panel_label, self_identification, shuffled
-from components.runtime import InputError, Runtime
+from components.runtime import CompareResult, InputError, Runtime
 
 log = logging.getLogger("routelens")
 
@@ -39,6 +42,18 @@ class QueryState:
     #: The backend shown in each panel, in panel order (shuffled when blind); empty = the preset's order.
     order: list[str] = field(default_factory=list)
     revealed: bool = False
+    #: Routed mode: only the router's pick was asked (``result.skipped`` lists the others until asked).
+    routed: bool = False
+    result: CompareResult | None = None
+    routed_saving: saving.RoutedSaving | None = None
+    asked_others: bool = False
+    #: The labels box's text when the page filled it from the question ("" when the person typed it):
+    #: such labels are replaced when the question changes, typed ones stay.
+    labels_auto: str = ""
+
+    @property
+    def skipped(self) -> list[str]:
+        return list(self.result.skipped) if self.result else []
 
     @property
     def hidden(self) -> bool:
@@ -48,6 +63,35 @@ class QueryState:
     def aliases(self) -> dict[str, str]:
         """backend -> its blind label ("Model A"), for a blind query (empty otherwise)."""
         return {name: panel_label(i) for i, name in enumerate(self.order)} if self.blind else {}
+
+
+def pumped(events: Iterator[Any], *, every_s: float = 1.0) -> Iterator[Any]:
+    """The items of ``events``, iterated on a worker thread, with a ``None`` every ``every_s`` seconds
+    that nothing new came: a handler can then say what it is still waiting for (a model loading, a
+    free slot) instead of sitting silent. Exceptions of ``events`` are raised here."""
+    items: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def work() -> None:
+        try:
+            for item in events:
+                items.put(("item", item))
+        except BaseException as exc:  # handed to the caller's thread
+            items.put(("error", exc))
+        finally:
+            items.put(("end", None))
+
+    threading.Thread(target=work, name="compare-stream", daemon=True).start()
+    while True:
+        try:
+            kind, item = items.get(timeout=every_s)
+        except queue.Empty:
+            yield None
+            continue
+        if kind == "end":
+            return
+        if kind == "error":
+            raise item
+        yield item
 
 
 def client_key(query_id: str, payload: dict[str, Any]) -> str:
@@ -85,10 +129,11 @@ class CompareView:
             ]
         choice = state.decision["choice"] if state.decision else None
         aliases = state.aliases()
+        skipped = set(state.skipped)
         return [
             answer_grid.render_panel(
-                self.runtime.backend(name).describe(), state.answers.get(name),
-                picked=(name == choice), state="running" if running else "idle", alias=aliases.get(name),
+                self.runtime.backend(name).describe(), state.answers.get(name), picked=(name == choice),
+                state="skipped" if name in skipped else ("running" if running else "idle"), alias=aliases.get(name),
             )
             for name in order
         ]
@@ -136,6 +181,7 @@ class CompareView:
 
     def _outputs(self, state: QueryState, *, notice: str, labels: Any, running: bool, waiting: str = "",
                  best: Any = None) -> list[Any]:
+        """ask()'s outputs: notice, labels, card, chart, panels, Save, best answer, saving, "others" button, state."""
         return [
             notice,
             labels,
@@ -143,35 +189,125 @@ class CompareView:
             *self.render_panels(state, running=running),
             gr.update(interactive=bool(state.query_id) and not running),
             gr.skip() if best is None else best,
+            saving.render(state.routed_saving, asked_all=state.asked_others),
+            gr.update(visible=bool(state.skipped) and not running),
             state,
         ]
 
+    def _waiting(self, result: CompareResult | None, started: float) -> str:
+        """What the card says while the router's pick is not known yet, from the first second."""
+        waited = time.monotonic() - started
+        line = self.runtime.loading_line()
+        if line:
+            return f"{line} (waiting {waited:.0f} s)…"
+        if result is None:
+            return f"Waiting for a free slot: other questions are being answered (waiting {waited:.0f} s)…"
+        return "Routing…"
+
+    def _labels_update(self, typed: str, result: CompareResult, state: QueryState) -> Any:
+        """The labels box after a question: typed labels stay; labels read from the question are shown
+        as such and remembered, so the next question replaces them."""
+        if typed:
+            state.labels_auto = ""
+            return gr.update(value=typed, label=input_panel.LABELS_LABEL)
+        state.labels_auto = ", ".join(result.labels)
+        return gr.update(value=state.labels_auto,
+                         label=input_panel.LABELS_FROM_QUESTION if result.labels else input_panel.LABELS_LABEL)
+
     # ---------------------------------------------------------------- handlers
     def ask(self, image: Any, question: str, labels_text: str, lambda_cost: float, state: QueryState | None,
-            blind: bool = False) -> Iterator[list[Any]]:
-        state = QueryState(blind=bool(blind), order=shuffled(self.names) if blind else list(self.names))
+            blind: bool = False, routed: bool = False) -> Iterator[list[Any]]:
+        previous = state or QueryState()
+        routed = bool(routed)
+        notice = ""
+        if routed and blind:
+            notice = "Blind is off for routed questions: only the router's pick answers, so its name would tell."
+            blind = False
+        typed = " ".join(str(labels_text or "").split())
+        if typed and typed == previous.labels_auto:  # read from the previous question, not typed
+            typed = ""
+        state = QueryState(blind=bool(blind), order=shuffled(self.names) if blind else list(self.names),
+                           routed=routed, labels_auto=previous.labels_auto)
+        started = time.monotonic()
+        events = self.runtime.compare(image, question, typed, lambda_cost=lambda_cost, only_pick=routed)
+        result: CompareResult | None = None
         try:
-            events = self.runtime.compare(image, question, labels_text, lambda_cost=lambda_cost)
-            event, result = next(events)
+            for item in pumped(events):
+                if item is None:
+                    yield self._outputs(state, notice=notice, labels=gr.skip(), running=True,
+                                        waiting=self._waiting(result, started))
+                    continue
+                event, payload = item
+                labels: Any = gr.skip()
+                best: Any = None
+                if event == "start":
+                    result = payload
+                    state.result, state.query_id, state.labels = result, result.query_id, list(result.labels)
+                    labels, best = self._labels_update(typed, result, state), self.best_update(state)
+                elif event == "decision":
+                    state.decision = payload
+                elif event == "answer":
+                    state.answers[payload.backend] = payload
+                elif event == "done":
+                    break
+                yield self._outputs(state, notice=notice, labels=labels, running=True,
+                                    waiting=self._waiting(result, started), best=best)
         except InputError as exc:
-            yield self._outputs(state, notice=f"⚠️ {exc}", labels=gr.skip(), running=False)
+            state = QueryState(labels_auto=previous.labels_auto)
+            yield self._outputs(state, notice=f"⚠️ {exc}", labels=gr.skip(), running=False,
+                                waiting="Ask a question: the router's pick appears here before the answers.")
             return
-        labels_shown = ", ".join(result.labels) if result.labels else ""
-        waiting = "Routing…" if self.runtime.router.ready else "Routing (the router is still loading)…"
-        state.query_id = result.query_id
-        state.labels = list(result.labels)
-        yield self._outputs(state, notice="", labels=labels_shown, running=True, waiting=waiting,
-                            best=self.best_update(state))
-        for event, payload in events:
-            if event == "decision":
-                state.decision = payload
-            elif event == "answer":
-                state.answers[payload.backend] = payload
-            elif event == "done":
-                break
-            yield self._outputs(state, notice="", labels=gr.skip(), running=True)
-        notices = " ".join(f"⚠️ {n}" for n in result.notices)
+        if routed and state.decision and result is not None:
+            pick = state.decision["choice"]
+            answer = state.answers.get(pick)
+            state.routed_saving = saving.estimate(pick, self.costs, self.runtime.median_latencies(),
+                                           answer.latency_s if answer else None)
+        notices = " ".join([notice] * bool(notice) + [f"⚠️ {n}" for n in (result.notices if result else [])])
         yield self._outputs(state, notice=notices, labels=gr.skip(), running=False)
+
+    def ask_others(self, state: QueryState | None) -> Iterator[list[Any]]:
+        """Routed mode's "Ask the others too": the skipped backends answer the same query, side by side."""
+        if not state or not state.result or not state.skipped:
+            yield self._outputs(state or QueryState(), notice="Every backend has already answered this question.",
+                                labels=gr.skip(), running=False)
+            return
+        started = time.monotonic()
+        for answer in pumped(self.runtime.answer_others(state.result)):
+            if answer is not None:
+                state.answers[answer.backend] = answer
+            yield self._outputs(state, notice="", labels=gr.skip(), running=True, waiting=self._waiting(state.result, started))
+        state.asked_others = True
+        notices = " ".join(f"⚠️ {n}" for n in state.result.notices)
+        yield self._outputs(state, notice=notices, labels=gr.skip(), running=False)
+
+    def input_changed(self, labels_text: str, state: QueryState | None) -> list[Any]:
+        """A new image or question: the previous card, answers and Save go (they belong to the old input),
+        and labels the page read from the old question are cleared; labels a person typed stay.
+
+        Outputs: labels, card, chart, panels, Save, saving, "others" button, state."""
+        skip = gr.skip()
+        state = state or QueryState()
+        labels: Any = skip
+        auto = state.labels_auto
+        if auto and " ".join(str(labels_text or "").split()) == auto:
+            labels, auto = gr.update(value="", label=input_panel.LABELS_LABEL), ""
+        shown = bool(state.query_id or state.decision or state.answers)
+        if not shown:
+            if labels is skip:
+                return [skip] * (7 + len(self.names))
+            state.labels_auto = auto
+            return [labels, *[skip] * (5 + len(self.names)), state]
+        fresh = QueryState(labels_auto=auto)
+        return [
+            labels,
+            router_card.render_card(None, {}, waiting="The image or question changed: ask again for the router's pick and new answers."),
+            router_card.render_chart(None, {}),
+            *self.render_panels(fresh, running=False),
+            gr.update(interactive=False),
+            "",
+            gr.update(visible=False),
+            fresh,
+        ]
 
     def rerank(self, lambda_cost: float, state: QueryState | None) -> list[Any]:
         if not state or not state.decision:
@@ -195,7 +331,12 @@ class CompareView:
         if not state or not state.query_id:
             return self._saved(gr.update(value="⚠️ Ask a question first; there is nothing to judge yet."), state)
         verdicts = answer_grid.verdicts_from(verdict_values, self.order(state))
+        unasked = sorted(name for name in verdicts if name not in state.answers)
+        verdicts = {name: value for name, value in verdicts.items() if name in state.answers}
         best_name = self.best_backend(state, best)
+        if best_name in state.skipped:
+            return self._saved(f"⚠️ {best_name} was not asked this question; press **Ask the others too** first, "
+                               "or choose an answer you can see.", state)
         if not verdicts and not best_name:
             return self._saved("⚠️ Mark at least one answer correct or wrong, or pick the best one.", state)
         was_hidden = state.hidden
@@ -215,6 +356,8 @@ class CompareView:
             return self._saved("✓ Already saved (this exact judgment was stored before).", state,
                                submit=gr.update(interactive=True))
         status = f"✓ Saved {len(verdicts)} verdict(s) for query `{state.query_id[:8]}`."
+        if unasked:
+            status += f" (Left out: {', '.join(unasked)}, not asked.)"
         if was_hidden:
             state.revealed = True
             status = "  \n".join(x for x in (status + " (blind)", self.reveal_text(state), self.identity_notice(state)) if x)
@@ -234,6 +377,12 @@ class CompareView:
                 inputs = input_panel.build(examples, prefix=self.prefix)
             with gr.Column(scale=4, min_width=300):
                 card = router_card.build(self.runtime.config.default_lambda, prefix=self.prefix)
+                routed = gr.Checkbox(
+                    label="Ask only the router's pick", value=False, elem_id=f"{self.prefix}routed",
+                    info="Routed mode: one model answers, the card shows the time and cost saved.",
+                )
+                saved_line = gr.HTML("", elem_id=f"{self.prefix}routed-saving-box")
+                others = gr.Button("Ask the others too", visible=False, size="sm", elem_id=f"{self.prefix}ask-others")
         with gr.Row(equal_height=True):
             gr.Markdown("#### Every backend answers, side by side", elem_id=f"{self.prefix}answers-title")
             blind = gr.Checkbox(
@@ -246,7 +395,8 @@ class CompareView:
         bodies = [p.body for p in panels]
         self.bodies = bodies
         verdicts = [p.verdict for p in panels]
-        outputs = [inputs.notice, inputs.labels, card.card, card.chart, *bodies, judge.submit, judge.best, state]
+        outputs = [inputs.notice, inputs.labels, card.card, card.chart, *bodies, judge.submit, judge.best,
+                   saved_line, others, state]
         reset = [*verdicts, judge.best, judge.true_answer, judge.reason, judge.status]
 
         def clear_judgment() -> list[Any]:
@@ -254,10 +404,17 @@ class CompareView:
 
         for trigger in (inputs.run.click, inputs.question.submit):
             trigger(clear_judgment, None, reset, queue=False).then(
-                self.ask, [inputs.image, inputs.question, inputs.labels, card.lambda_cost, state, blind], outputs,
-                concurrency_id="compare", concurrency_limit=self.runtime.config.max_concurrent_compares,
+                self.ask, [inputs.image, inputs.question, inputs.labels, card.lambda_cost, state, blind, routed],
+                outputs, concurrency_id="compare", concurrency_limit=self.runtime.config.max_concurrent_compares,
                 show_progress="hidden",
             )
+        others.click(self.ask_others, [state], outputs, concurrency_id="compare",
+                     concurrency_limit=self.runtime.config.max_concurrent_compares, show_progress="hidden")
+        routed.change(lambda on: gr.update(value="Ask the router's pick" if on else "Ask every model"), routed,
+                      inputs.run, queue=False, show_progress="hidden")
+        changed = [inputs.labels, card.card, card.chart, *bodies, judge.submit, saved_line, others, state]
+        for change in (inputs.question.change, inputs.image.change):
+            change(self.input_changed, [inputs.labels, state], changed, queue=False, show_progress="hidden")
         card.lambda_cost.change(self.rerank, [card.lambda_cost, state], [card.card, card.chart, *bodies, state], queue=False,
                                 show_progress="hidden")
         def save_as_user(request: gr.Request, current: QueryState, *values: Any) -> list[Any]:
@@ -270,10 +427,18 @@ class CompareView:
             [judge.status, judge.submit, card.card, card.chart, *bodies, judge.best, state],
         )
 
-        def use_example(evt: gr.SelectData):
-            example = examples[evt.index]
-            return example.image, example.question, example.labels
+        def given_labels(current: QueryState | None, image: str, question: str, labels: str) -> list[Any]:
+            # an example's labels are given, not read from a question: they stay like typed ones
+            current = current or QueryState()
+            current.labels_auto = ""
+            return [image, question, gr.update(value=labels, label=input_panel.LABELS_LABEL), current]
 
-        inputs.gallery.select(use_example, None, [inputs.image, inputs.question, inputs.labels], queue=False)
+        def use_example(current: QueryState | None, evt: gr.SelectData) -> list[Any]:
+            example = examples[evt.index]
+            return given_labels(current, example.image, example.question, example.labels)
+
+        example_outputs = [inputs.image, inputs.question, inputs.labels, state]
+        inputs.gallery.select(use_example, state, example_outputs, queue=False)
         if examples:
-            inputs.random.click(lambda: input_panel.pick_random(examples), None, [inputs.image, inputs.question, inputs.labels], queue=False)
+            inputs.random.click(lambda current: given_labels(current, *input_panel.pick_random(examples)), state,
+                                example_outputs, queue=False)

@@ -79,6 +79,11 @@ class CompareResult:
     answers: dict[str, Answer] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    #: Backends not asked (routed mode asks only the router's pick); :meth:`Runtime.answer_others` asks them.
+    skipped: list[str] = field(default_factory=list)
+    #: The prepared input, kept so the skipped backends can answer the very same query later.
+    image: Image.Image | None = field(default=None, repr=False)
+    question: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -235,6 +240,20 @@ class Runtime:
     def loading(self) -> bool:
         return any(b.describe().status in ("not loaded", "loading") for b in self.backends) or not self.router.ready
 
+    def loading_line(self) -> str | None:
+        """What a question asked now waits for ("1 of 2 models ready; loading gemma…"), or None."""
+        infos = [(b.name, b.describe()) for b in self.backends]
+        waiting = [name for name, info in infos if info.status in ("not loaded", "loading")]
+        if not waiting and self.router.ready:
+            return None
+        ready = sum(info.status == "ready" for _, info in infos)
+        parts = [f"{ready} of {len(infos)} models ready"]
+        if waiting:
+            parts.append("loading " + ", ".join(waiting))
+        if not self.router.ready:
+            parts.append("the router is loading")
+        return "Waiting for the models to load: " + "; ".join(parts)
+
     def backend(self, name: str) -> Backend:
         for backend in self.backends:
             if backend.name == name:
@@ -292,13 +311,16 @@ class Runtime:
         session_id: str | None = None,
         item_id: str | None = None,
         category: str | None = None,
+        only_pick: bool = False,
     ) -> Iterator[tuple[str, Any]]:
-        """Yield ("start", CompareResult), ("decision", dict), then ("answer", Answer) per backend.
+        """Yield ("start", CompareResult), ("decision", dict), then ("answer", Answer) per backend asked.
 
-        Raises InputError before anything is recorded when the input is bad.
+        ``only_pick``: routed mode; only the router's pick answers, the others are listed in
+        ``result.skipped`` (:meth:`answer_others` asks them later). Raises InputError before anything is
+        recorded when the input is bad.
         """
         picture, clean, labels = self.prepare(image, question, labels_text)
-        result = CompareResult(query_id=None, decision=None, labels=labels)
+        result = CompareResult(query_id=None, decision=None, labels=labels, image=picture, question=clean)
         if len(clean) < len(" ".join(strip_control(question).split())):
             result.notices.append(f"The question was shortened to {MAX_QUESTION_CHARS} characters.")
         with self.activity.busy(), self._compare_slots:
@@ -310,12 +332,37 @@ class Runtime:
             if result.query_id:
                 self._record("decision", lambda: self.store.record_decision(result.query_id, result.decision), result)
             yield "decision", result.decision
-            for answer in self.runner.stream(picture, clean, labels or None):
-                result.answers[answer.backend] = answer
-                if result.query_id:
-                    self._record("answer", lambda a=answer: self.store.record_answer(result.query_id, a.backend, a.to_json()), result)
+            only = [result.decision["choice"]] if only_pick else None
+            result.skipped = [b.name for b in self.backends if only is not None and b.name not in only]
+            for answer in self._stream_recorded(result, only):
                 yield "answer", answer
         yield "done", result
+
+    def answer_others(self, result: CompareResult) -> Iterator[Answer]:
+        """Ask the backends a routed query skipped, for the same query (recorded under its id); yields
+        each answer as it comes and empties ``result.skipped``."""
+        names, result.skipped = list(result.skipped), []
+        if not names or result.image is None:
+            return
+        with self.activity.busy(), self._compare_slots:
+            yield from self._stream_recorded(result, names)
+
+    def _stream_recorded(self, result: CompareResult, only: Sequence[str] | None) -> Iterator[Answer]:
+        for answer in self.runner.stream(result.image, result.question, result.labels or None, only=only):
+            result.answers[answer.backend] = answer
+            if result.query_id:
+                self._record("answer", lambda a=answer: self.store.record_answer(result.query_id, a.backend, a.to_json()), result)
+            yield answer
+
+    def median_latencies(self) -> dict[str, float]:
+        """backend -> median seconds of its recent answers here ({} without a store, or when it fails)."""
+        if self.store is None:
+            return {}
+        try:
+            return self.store.median_latencies()
+        except Exception as exc:  # a figure on the card is never worth a broken page
+            log.warning("could not read latencies: %s", exc)
+            return {}
 
     def compare_all(self, image: Any, question: str | None, labels_text: Any = None, **kwargs: Any) -> CompareResult:
         """Run the whole flow and return its result (the "start" event's object, filled in as it goes)."""

@@ -4,6 +4,7 @@ Bradley-Terry ratings (:mod:`data.ratings`) and the arena export are built on.""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from itertools import combinations
 from typing import Any
@@ -75,6 +76,24 @@ class StatsTables(StoreCore):
             # judgments whose best was not a backend
             "best_other": {k: raw["best"].get(k, 0) for k in BEST_SPECIAL},
         }
+
+    def median_latencies(self, *, recent: int = 50) -> dict[str, float]:
+        """backend -> median seconds of its last ``recent`` successful answers (backends never timed are absent).
+
+        What routed mode shows as the time it saved: measured here, on this machine, not configured."""
+
+        def read(db: Database) -> list[tuple[str, float]]:
+            return db.execute(
+                "SELECT backend, latency_s FROM (SELECT backend, latency_s, ROW_NUMBER() OVER "
+                "(PARTITION BY backend ORDER BY id DESC) AS rank FROM answers "
+                "WHERE error IS NULL AND latency_s IS NOT NULL) WHERE rank <= ?",
+                [int(recent)],
+            ).fetchall()
+
+        by_backend: dict[str, list[float]] = {}
+        for backend, latency in self._read(read):
+            by_backend.setdefault(backend, []).append(float(latency))
+        return {backend: statistics.median(values) for backend, values in by_backend.items()}
 
     def stats_frame(self, *, source: str | None = "judgment") -> Any:
         """A pandas DataFrame with columns backend, category, n, accuracy (one row per pair)."""

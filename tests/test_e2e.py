@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import live_app
-from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, launched_app
+from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT
 
 CAT = ROOT / "data" / "examples" / "chelsea.jpg"
 SCREENSHOTS = ROOT / "screenshots"
@@ -18,10 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("live")
-    with launched_app(folder / "routelens.sqlite") as url:
-        yield url, folder / "routelens.sqlite"
+def app_url(offline_app):
+    return offline_app
 
 
 def test_client_compare_judge_stats(app_url) -> None:
@@ -51,6 +49,14 @@ BACKENDS = ["efficientnet-lite0", "gemma3-270m+tags"]
 
 def check_screenshot(path: Path) -> None:
     live_app.check_screenshot(path, width=VIEWPORT["width"], min_height=VIEWPORT["height"])
+
+
+def _rows(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    raw = sqlite3.connect(db_path)
+    try:
+        return raw.execute(sql, params).fetchall()
+    finally:
+        raw.close()
 
 
 def _count_judgments(db_path: Path) -> int:
@@ -177,4 +183,59 @@ def test_browser_phone_width_does_not_scroll_sideways_and_the_api_link_is_visibl
         link.click()  # opens Gradio's API page, which lists the documented endpoints
         expect(desk.get_by_text("/route").first).to_be_visible(timeout=60_000)
         desk.screenshot(path=str(SCREENSHOTS / "07-api-page.png"))
+        browser.close()
+
+
+@pytest.mark.browser
+def test_browser_routed_mode_stale_input_and_a_bad_upload(app_url, tmp_path) -> None:
+    """Routed mode asks only the pick and shows the saving, "Ask the others too" fills the rest; a
+    changed question clears the old card, answers, Save and the labels read from the old question;
+    a text file named .jpg is refused at upload, next to the image."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, db_path = app_url
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("a text file, not a photo")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_selector("#run", timeout=60_000)
+        page.set_input_files("#image input[type=file]", str(fake))
+        expect(page.locator("#image-notice")).to_contain_text("Not an image we can use", timeout=20_000)
+        page.set_input_files("#image input[type=file]", str(CAT))
+        expect(page.locator("#image-notice")).to_have_text("", timeout=20_000)
+
+        page.fill("#question textarea", "Is this a cat or a dog?")
+        page.locator("#routed label").click()
+        expect(page.locator("#run")).to_have_text("Ask the router's pick")
+        page.click("#run")
+        expect(page.locator("#routed-saving")).to_contain_text("Routed: only", timeout=120_000)
+        pick = page.locator("#router-card .rl-route-choice").inner_text().split()[0]
+        expect(page.locator("#routed-saving")).to_contain_text(pick)
+        expect(page.locator(".rl-panel .rl-answer")).to_have_count(1)
+        expect(page.locator(".rl-panel .rl-skipped")).to_have_count(1)
+        labels = page.locator("#labels textarea, #labels input").first
+        expect(labels).to_have_value("cat, dog")
+        expect(page.locator("#labels")).to_contain_text("read from the question")
+        page.screenshot(path=str(SCREENSHOTS / "05-routed.png"), full_page=True)
+        check_screenshot(SCREENSHOTS / "05-routed.png")
+        page.click("#ask-others")
+        expect(page.locator("#routed-saving")).to_contain_text("Every backend has now answered", timeout=120_000)
+        expect(page.locator(".rl-panel .rl-answer")).to_have_count(2)
+        expect(page.locator("#save")).to_be_enabled()
+        (latest,) = _rows(db_path, "SELECT id FROM queries WHERE question = 'Is this a cat or a dog?' "
+                                   "ORDER BY rowid DESC LIMIT 1")
+        answered = _rows(db_path, "SELECT backend FROM answers WHERE query_id = ?", latest)
+        assert len(answered) == 2, "the others' answers were not stored under the routed query"
+
+        page.fill("#question textarea", "What sound does this animal make?")
+        expect(labels).to_have_value("", timeout=10_000)
+        expect(page.locator("#router-card")).to_contain_text("changed")
+        expect(page.locator(".rl-panel .rl-answer")).to_have_count(0)
+        expect(page.locator("#save")).to_be_disabled()
+        page.screenshot(path=str(SCREENSHOTS / "06-question-changed.png"), full_page=True)
         browser.close()
