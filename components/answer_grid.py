@@ -28,11 +28,34 @@ def _kind_badge(kind: str) -> str:
     return f"<span class='rl-kind {css}'>{html.escape(kind)}</span>"
 
 
-def _meta(info: BackendInfo) -> str:
+def _details(info: BackendInfo) -> str:
+    """Everything about the loaded model, for the caption's tooltip."""
     bits = [info.model_id or info.family, info.quantization, info.device]
     if info.memory_mb is not None:
         bits.append(f"{info.memory_mb:,.0f} MB")
-    return " · ".join(html.escape(str(b)) for b in bits if b)
+    return " · ".join(str(b) for b in bits if b)
+
+
+def precision_words(quantization: str | None) -> str:
+    """ "4-bit" / "8-bit" / "full precision" from a backend's quantization description."""
+    text = (quantization or "").lower()
+    if text.startswith(("nf4", "fp4", "4-bit", "int4")) or "q4" in text:
+        return "4-bit"
+    if text.startswith(("int8", "8-bit", "llm.int8")) or "q8" in text:
+        return "8-bit"
+    return "full precision (not 4-bit)" if text.startswith("none") or not text else text.split(" (")[0]
+
+
+def caption(info: BackendInfo) -> str:
+    """The panel's caption in plain words: model, size, 4-bit or not, device; the details on hover."""
+    model = (info.model_id or info.family or info.name).split("/")[-1]
+    bits = [model.split(" (")[0]]
+    if info.memory_mb is not None:
+        bits.append(f"{info.memory_mb:,.0f} MB")
+    bits.append(precision_words(info.quantization))
+    bits.append({"cpu": "on the CPU", "cuda": "on the GPU", "mps": "on Apple GPU"}.get(info.device, f"on {info.device}"))
+    return (f"<span title='{html.escape(_details(info), quote=True)}'>"
+            f"{' · '.join(html.escape(b) for b in bits if b)}</span>")
 
 
 def render_blind_panel(alias: str, answer: Answer | None, *, state: str = "idle") -> str:
@@ -61,7 +84,7 @@ def render_panel(info: BackendInfo, answer: Answer | None, *, picked: bool = Fal
         "<div class='rl-panel-head'>"
         f"<span class='rl-panel-name'>{shown_as}{html.escape(info.name)}</span>"
         f"<span>{'<span class=rl-pick-badge>router pick</span> ' if picked else ''}{_kind_badge(info.kind)}</span></div>"
-        f"<div class='rl-meta'>{_meta(info)}</div>"
+        f"<div class='rl-meta rl-caption'>{caption(info)}</div>"
     )
     if answer is None:
         if info.status == "failed":

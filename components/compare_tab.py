@@ -24,6 +24,7 @@ from backends.base import Answer
 from components import answer_grid, input_panel, judge_bar, router_card, saving
 from components.blind import panel_label, self_identification, shuffled
 from components.runtime import CompareResult, InputError, Runtime
+from router.categories import CATEGORIES
 
 log = logging.getLogger("routelens")
 
@@ -180,8 +181,9 @@ class CompareView:
         return f"⚠️ Not anonymous: {reason}; this judgment is stored as not anonymous and left out of the fair-vote ratings." if reason else ""
 
     def _outputs(self, state: QueryState, *, notice: str, labels: Any, running: bool, waiting: str = "",
-                 best: Any = None) -> list[Any]:
-        """ask()'s outputs: notice, labels, card, chart, panels, Save, best answer, saving, "others" button, state."""
+                 best: Any = None, category: Any = None) -> list[Any]:
+        """ask()'s outputs: notice, labels, card, chart, panels, Save, best answer, saving, "others" button,
+        task category, state."""
         return [
             notice,
             labels,
@@ -191,6 +193,7 @@ class CompareView:
             gr.skip() if best is None else best,
             saving.render(state.routed_saving, asked_all=state.asked_others),
             gr.update(visible=bool(state.skipped) and not running),
+            gr.skip() if category is None else category,
             state,
         ]
 
@@ -240,18 +243,22 @@ class CompareView:
                 event, payload = item
                 labels: Any = gr.skip()
                 best: Any = None
+                category: Any = None
                 if event == "start":
                     result = payload
                     state.result, state.query_id, state.labels = result, result.query_id, list(result.labels)
                     labels, best = self._labels_update(typed, result, state), self.best_update(state)
+                    category = gr.update(value=None)
                 elif event == "decision":
                     state.decision = payload
+                    guess = payload.get("category")
+                    category = gr.update(value=guess if guess in CATEGORIES else None)
                 elif event == "answer":
                     state.answers[payload.backend] = payload
                 elif event == "done":
                     break
                 yield self._outputs(state, notice=notice, labels=labels, running=True,
-                                    waiting=self._waiting(result, started), best=best)
+                                    waiting=self._waiting(result, started), best=best, category=category)
         except InputError as exc:
             state = QueryState(labels_auto=previous.labels_auto)
             yield self._outputs(state, notice=f"⚠️ {exc}", labels=gr.skip(), running=False,
@@ -324,8 +331,9 @@ class CompareView:
         return [status, submit if submit is not None else skip, *self.render_card(state),
                 *self.render_panels(state, running=False), self.best_update(state, best), state]
 
-    def save(self, state: QueryState | None, *values: Any) -> list[Any]:
-        """values = verdict radios (in panel order)..., best, true answer, reason, annotator."""
+    def save(self, state: QueryState | None, *values: Any, category: str | None = None) -> list[Any]:
+        """values = verdict radios (in panel order)..., best, true answer, reason, annotator. ``category``:
+        the task category the person filed the question under (the router's guess unless corrected)."""
         verdict_values = values[: len(self.names)]
         best, true_answer, reason, annotator = values[len(self.names):]
         if not state or not state.query_id:
@@ -341,11 +349,12 @@ class CompareView:
             return self._saved("⚠️ Mark at least one answer correct or wrong, or pick the best one.", state)
         was_hidden = state.hidden
         payload = {"verdicts": verdicts, "best": best_name, "true_answer": true_answer, "reason": reason,
-                   "annotator": annotator or "anonymous"}
+                   "annotator": annotator or "anonymous", "category": category or None}
         try:
             saved = self.runtime.judge(
                 state.query_id, verdicts, best=best_name, true_answer=true_answer, reason=reason,
                 annotator=annotator or "anonymous", client_key=client_key(state.query_id, payload), blind=was_hidden,
+                category=category or None,
             )
         except ValueError as exc:
             return self._saved(f"⚠️ Not saved: {exc}", state)
@@ -390,13 +399,13 @@ class CompareView:
                 elem_id=f"{self.prefix}blind", scale=0, min_width=300,
             )
         panels = answer_grid.build(infos, prefix=self.prefix)
-        judge = judge_bar.build(self.names, prefix=self.prefix)
+        judge = judge_bar.build(self.names, prefix=self.prefix, with_category=True)
 
         bodies = [p.body for p in panels]
         self.bodies = bodies
         verdicts = [p.verdict for p in panels]
         outputs = [inputs.notice, inputs.labels, card.card, card.chart, *bodies, judge.submit, judge.best,
-                   saved_line, others, state]
+                   saved_line, others, judge.category, state]
         reset = [*verdicts, judge.best, judge.true_answer, judge.reason, judge.status]
 
         def clear_judgment() -> list[Any]:
@@ -417,13 +426,13 @@ class CompareView:
             change(self.input_changed, [inputs.labels, state], changed, queue=False, show_progress="hidden")
         card.lambda_cost.change(self.rerank, [card.lambda_cost, state], [card.card, card.chart, *bodies, state], queue=False,
                                 show_progress="hidden")
-        def save_as_user(request: gr.Request, current: QueryState, *values: Any) -> list[Any]:
+        def save_as_user(request: gr.Request, current: QueryState, category: str | None, *values: Any) -> list[Any]:
             # Behind --auth the judgment is the logged-in user's, whatever the name box holds.
             user = getattr(request, "username", None)
-            return self.save(current, *values[:-1], user or values[-1])
+            return self.save(current, *values[:-1], user or values[-1], category=category)
 
         judge.submit.click(
-            save_as_user, [state, *verdicts, judge.best, judge.true_answer, judge.reason, annotator],
+            save_as_user, [state, judge.category, *verdicts, judge.best, judge.true_answer, judge.reason, annotator],
             [judge.status, judge.submit, card.card, card.chart, *bodies, judge.best, state],
         )
 

@@ -407,18 +407,26 @@ class Runtime:
         client_key: str | None = None,
         blind: bool = False,
         guidelines_id: int | None = None,
+        category: str | None = None,
     ) -> int:
         """Store a judgment; returns rows saved. Raises ValueError (bad input) or JudgmentNotSaved.
 
         ``blind``: the judge did not see which model gave which answer; such a judgment is stored as not
         anonymous when an answer names its own model (:meth:`identity_flag`). ``guidelines_id``: the
-        guidelines version the judge was shown."""
+        guidelines version the judge was shown. ``category``: the task category the judge filed the
+        question under (one of :data:`router.categories.CATEGORIES`), replacing the router's guess."""
         if self.store is None:
             from data.store import JudgmentNotSaved
 
             raise JudgmentNotSaved(self.store_notice or "the database is unavailable")
         if reason and len(reason) > MAX_REASON_CHARS:
             raise ValueError(f"The reason is {len(reason):,} characters long; keep it under {MAX_REASON_CHARS:,}.")
+        if category:
+            from router.categories import CATEGORIES
+
+            if category not in CATEGORIES:
+                raise ValueError(f"unknown task category {category!r}; one of {', '.join(CATEGORIES)}")
+            self.store.set_query_category(query_id, category)
         return self.store.record_judgment(
             query_id=query_id,
             verdicts=verdicts,

@@ -109,6 +109,17 @@ class QueryTables(StoreCore):
         self._transact(write, what="query")
         return query_id
 
+    def set_query_category(self, query_id: str, category: str | None) -> None:
+        """File a query under the task category a person chose (it overrides the router's guess in the
+        pairs and the statistics); None leaves it unknown again."""
+        category = check_text(category, "category", MAX_KEY_CHARS, required=False)
+
+        def write(db: Database) -> None:
+            require_query(db, query_id)
+            db.execute("UPDATE queries SET category = ? WHERE id = ?", [category, query_id])
+
+        self._transact(write, what="category")
+
     def record_decision(self, query_id: str, decision: Mapping[str, Any] | Any) -> None:
         """Record the router's decision for a query (replacing an earlier one).
 

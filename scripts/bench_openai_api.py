@@ -36,13 +36,26 @@ def data_url(path: str) -> str:
 
 
 def ask(client: httpx.Client, model: str, item: Any) -> tuple[int, dict[str, Any], float]:
+    status, reply, wall, _ = ask_with_headers(client, model, item)
+    return status, reply, wall
+
+
+def ask_with_headers(client: httpx.Client, model: str, item: Any) -> tuple[int, dict[str, Any], float, Any]:
     body = {"model": model, "messages": [{"role": "user", "content": [
         {"type": "text", "text": item.question}, {"type": "image_url", "image_url": {"url": data_url(item.image)}}]}]}
     if item.labels:
         body["labels"] = item.labels
     start = time.perf_counter()
     reply = client.post("/v1/chat/completions", json=body)
-    return reply.status_code, reply.json(), time.perf_counter() - start
+    return reply.status_code, reply.json(), time.perf_counter() - start, reply.headers
+
+
+def retry_after_s(headers: Any, default: float = 1.0) -> float:
+    """The server's Retry-After in seconds (a well-behaved client waits that long after a 429)."""
+    try:
+        return max(0.0, float(headers.get("retry-after", default)))
+    except (TypeError, ValueError):
+        return default
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -79,14 +92,18 @@ def load(client_args: dict[str, Any], items: list[Any], concurrency: int, durati
         with httpx.Client(**client_args) as client:
             n = index
             while time.monotonic() < stop:
+                headers: Any = {}
                 try:
-                    status, reply, _ = ask(client, "routelens", items[n % len(items)])
+                    status, reply, _, headers = ask_with_headers(client, "routelens", items[n % len(items)])
                 except (httpx.HTTPError, ValueError) as exc:
                     status, reply = type(exc).__name__, {}
                 with lock:
                     statuses[str(status)] = statuses.get(str(status), 0) + 1
                     if status == 200:
                         ids.append(reply["routelens"]["query_id"])
+                if status == 429:  # honour Retry-After, as the openai client does; the same item again
+                    time.sleep(min(retry_after_s(headers), max(0.0, stop - time.monotonic())))
+                    continue
                 n += concurrency
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]

@@ -231,6 +231,17 @@ def test_browser_routed_mode_stale_input_and_a_bad_upload(app_url, tmp_path) -> 
                                    "ORDER BY rowid DESC LIMIT 1")
         answered = _rows(db_path, "SELECT backend FROM answers WHERE query_id = ?", latest)
         assert len(answered) == 2, "the others' answers were not stored under the routed query"
+        # captions in plain words; the task category starts at the router's guess and can be corrected
+        expect(page.locator(".rl-panel[data-backend='gemma3-270m+tags'] .rl-caption")).to_contain_text("4-bit")
+        expect(page.locator(".rl-panel[data-backend='efficientnet-lite0'] .rl-caption")).to_contain_text("not 4-bit")
+        category = page.locator("#category input")
+        assert category.input_value(), "the task category is not pre-set to the router's guess"
+        category.click()
+        page.get_by_role("option", name="counting").click()
+        page.locator("#verdict-0 label", has_text="correct").click()
+        page.click("#save")
+        expect(page.locator("#judge-status")).to_contain_text("Saved", timeout=30_000)
+        assert _rows(db_path, "SELECT category FROM queries WHERE id = ?", latest) == [("counting",)]
 
         page.fill("#question textarea", "What sound does this animal make?")
         expect(labels).to_have_value("", timeout=10_000)

