@@ -12,6 +12,7 @@ card (JSON) says how to rebuild the feature extractor.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,9 +160,33 @@ class EmbeddingRouter(Router):
             cats = [None] * probs.shape[0]
         return probs, cats, weight
 
+    def _encode(self, image: ImageInput, question: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The question's and the image's features, computed at once: both encoders spend their time in
+        torch, which releases the GIL, so a cold decision waits for the slower of the two instead of
+        their sum. Errors of either are raised here."""
+        extractor = self.extractor
+        if image is None or extractor.config.text_only or extractor.image_features is None:
+            return extractor.text_encoder.encode([question])[0], None
+        box: dict[str, Any] = {}
+
+        def embed() -> None:
+            try:
+                box["image"] = extractor.image_vector(image)
+            except BaseException as exc:  # handed back to the deciding thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=embed, name="router-image-features", daemon=True)
+        worker.start()
+        try:
+            text = extractor.text_encoder.encode([question])[0]
+        finally:
+            worker.join()
+        if "error" in box:
+            raise box["error"]
+        return text, box["image"]
+
     def _score(self, image: ImageInput, question: str, **context: Any) -> Scores:
-        text = self.extractor.text_encoder.encode([question])[0]
-        image_vec = self.extractor.image_vector(image) if image is not None else None
+        text, image_vec = self._encode(image, question)
         feats = self.extractor.assemble(text, image_vec)
         labels = context.get("labels")
         probs, cats, weight = self._score_rows(feats[None, :], [question], [labels] if labels else None)

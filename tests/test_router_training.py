@@ -182,3 +182,38 @@ def test_backend_without_data_is_left_out(tmp_path: Path) -> None:
     assert any("unseen" in w for w in warnings)
     result = train_router(table, BACKENDS + [extra], config=TrainConfig(timing_sample=0), text_encoder=HashingTextEncoder())
     assert result.router.backend_names == ["clip", "llava", "slow"]
+
+
+def test_a_decision_embeds_the_image_beside_the_question_and_hands_back_its_errors(tmp_path: Path) -> None:
+    """The image features are computed on their own thread while the question is encoded (a cold
+    decision waits for the slower encoder, not the sum); the features are the same as computed one
+    after the other, and an embedder that fails makes the decision fall back, never raise."""
+    import threading
+
+    import numpy as np
+
+    rows = make_pairs(60, seed=1, image_dir=tmp_path / "images")
+    table, _ = build_table(pairs=[write_jsonl(rows, tmp_path / "pairs.jsonl")], backends=[b.name for b in BACKENDS])
+    threads: list[str] = []
+
+    def recording_histogram(image):
+        threads.append(threading.current_thread().name)
+        return colour_histogram(image)
+
+    router = train_router(table, BACKENDS, config=TrainConfig(timing_sample=0), text_encoder=HashingTextEncoder(),
+                          image_embedder=recording_histogram, image_embedder_name="colour-histogram").router
+    image = str(tmp_path / "images" / "img3.png")
+    router.clear_caches()
+    threads.clear()
+    text, vec = router._encode(image, "how many cups are there?")
+    assert threads == ["router-image-features"]
+    assert np.allclose(vec, router.extractor.image_vector(image))
+    assert np.allclose(text, router.extractor.text_encoder.encode(["how many cups are there?"])[0])
+
+    def broken(image):
+        raise RuntimeError("embedder exploded")
+
+    router.extractor.image_features.embedder = broken
+    router.clear_caches()
+    decision = router.decide(str(tmp_path / "images" / "img4.png"), "what color is the cup?")
+    assert decision.fallback and "embedder exploded" in decision.fallback
