@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from components.runtime import CompareResult, InputError, Runtime
+from components.runtime import Busy, InputError, Runtime
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 ROUTED = "routelens"
@@ -243,13 +243,8 @@ class OpenAIEndpoint:
             picture, clean, labels = runtime.prepare(request.image, request.question, request.labels)
         except InputError as exc:
             raise bad(str(exc), "invalid_input") from None
-        slots = runtime._compare_slots  # the app's compare-slot limit, shared with the page
-        if not slots.acquire(timeout=self.slot_wait_s):
-            raise ApiError(429, "the server is answering as many questions as it can; retry shortly",
-                           "rate_limit_error", "over_capacity", {"Retry-After": "2"})
         try:
-            with runtime.activity.busy():
-                result = CompareResult(query_id=None, decision=None, labels=labels)
+            with runtime.compare_slot(self.slot_wait_s):
                 decision = None
                 if request.backend is None:
                     decision = runtime.route(picture, clean, request.lambda_cost)
@@ -259,15 +254,9 @@ class OpenAIEndpoint:
 
                     name = request.backend
                 category = decision.get("category") if decision else classify_question(clean)
-                result.query_id = runtime._record(
-                    "query", lambda: runtime._record_query(picture, clean, labels, "api", None, None, None), result)
-                if result.query_id and decision is not None:
-                    runtime._record("decision", lambda: runtime.store.record_decision(result.query_id, decision), result)
-                answer = next(iter(runtime.runner.stream(picture, clean, labels or None, only=[name])))
-                if result.query_id:
-                    runtime._record("answer", lambda: runtime.store.record_answer(result.query_id, name, answer.to_json()), result)
-        finally:
-            slots.release()
+                result, answer = runtime.answer_one(picture, clean, labels, name, decision=decision, source="api")
+        except Busy as exc:
+            raise ApiError(429, str(exc), "rate_limit_error", "over_capacity", {"Retry-After": "2"}) from None
         backend = runtime.backend(name)
         if answer.error:
             raise ApiError(502, f"backend {name} failed: {answer.error}", "server_error", "backend_failed")

@@ -13,6 +13,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ MAX_REASON_CHARS = 2000
 
 class InputError(ValueError):
     """Bad input from a person; the message is shown as is."""
+
+
+class Busy(RuntimeError):
+    """No compare slot freed within the wait a caller allowed (the API answers 429)."""
 
 
 def default_data_dir() -> Path:
@@ -337,6 +342,32 @@ class Runtime:
             for answer in self._stream_recorded(result, only):
                 yield "answer", answer
         yield "done", result
+
+    @contextmanager
+    def compare_slot(self, timeout_s: float | None = None) -> Iterator[None]:
+        """One of the app's compare slots, shared by the page and the API, held while answering; raises
+        :class:`Busy` when none frees within ``timeout_s`` (None: wait)."""
+        if not self._compare_slots.acquire(timeout=timeout_s):
+            raise Busy("the server is answering as many questions as it can; retry shortly")
+        try:
+            with self.activity.busy():
+                yield
+        finally:
+            self._compare_slots.release()
+
+    def answer_one(
+        self, picture: Image.Image, question: str, labels: Sequence[str], backend: str, *,
+        decision: dict[str, Any] | None = None, source: str = "api",
+    ) -> tuple[CompareResult, Answer]:
+        """Record a prepared query (and the decision that chose ``backend``), ask that one backend, record
+        its answer. The caller holds a :meth:`compare_slot`. Store failures become notices."""
+        result = CompareResult(query_id=None, decision=decision, labels=list(labels), image=picture, question=question)
+        result.query_id = self._record(
+            "query", lambda: self._record_query(picture, question, labels, source, None, None, None), result)
+        if result.query_id and decision is not None:
+            self._record("decision", lambda: self.store.record_decision(result.query_id, decision), result)
+        answer = next(iter(self._stream_recorded(result, [backend])))
+        return result, answer
 
     def answer_others(self, result: CompareResult) -> Iterator[Answer]:
         """Ask the backends a routed query skipped, for the same query (recorded under its id); yields
