@@ -77,7 +77,7 @@ def pick_random(examples: list[Example], rng: random.Random | None = None) -> tu
 
 def build(examples: list[Example], *, prefix: str = "") -> InputHandles:
     image = checked_image(
-        type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard", "webcam"], height=320,
+        type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard", "webcam"], height=260,
         elem_id=f"{prefix}image",
     )
     image_notice = gr.Markdown("", elem_id=f"{prefix}image-notice", elem_classes=["rl-notice"])

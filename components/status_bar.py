@@ -24,18 +24,36 @@ def _bold(text: str) -> str:
     return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def build(runtime: Runtime) -> Any:
-    with gr.Accordion("Models and status", open=True, elem_id="rl-status"):
+def summary(runtime: Runtime) -> str:
+    """The closed panel's one line: "Models and status: preset offline · 1 of 2 models ready · router loading"."""
+    infos = [b.describe() for b in runtime.backends]
+    ready = sum(info.status == "ready" for info in infos)
+    failed = sum(info.status == "failed" for info in infos)
+    parts = [f"preset {runtime.preset.name}", f"{ready} of {len(infos)} models ready"]
+    if failed:
+        parts.append(f"{failed} failed")
+    parts.append("router ready" if runtime.router.ready else "router loading")
+    if runtime.bootstrapping:
+        parts.append("building a first router")
+    return "Models and status: " + " · ".join(parts)
+
+
+def build(runtime: Runtime) -> tuple[Any, Any]:
+    """The status panel, closed: its one-line label says what is loading, so the question form starts
+    above the fold; the details are one click away. Returns (panel, box)."""
+    with gr.Accordion(summary(runtime), open=False, elem_id="rl-status") as panel:
         box = gr.HTML(render(runtime))
-    return box
+    return panel, box
 
 
-def wire(demo: Any, box: Any, runtime: Runtime) -> None:
+def wire(demo: Any, status: tuple[Any, Any], runtime: Runtime) -> None:
     """Refresh the status every 2 s while anything is loading or a first router is being built, then stop polling."""
+    panel, box = status
     timer = gr.Timer(2.0, active=True)
 
     def tick() -> list[Any]:
-        return [render(runtime), gr.Timer(active=runtime.loading or runtime.bootstrapping)]
+        return [gr.Accordion(label=summary(runtime)), render(runtime),
+                gr.Timer(active=runtime.loading or runtime.bootstrapping)]
 
-    timer.tick(tick, None, [box, timer], queue=False, show_progress="hidden")
-    demo.load(tick, None, [box, timer], queue=False)
+    timer.tick(tick, None, [panel, box, timer], queue=False, show_progress="hidden")
+    demo.load(tick, None, [panel, box, timer], queue=False)

@@ -88,6 +88,11 @@ def test_browser_ask_see_router_and_panels_then_judge(app_url) -> None:
         expect(page.locator("#router-card")).to_contain_text("Ask a question")
         expect(page.locator(".rl-panel")).to_have_count(2)
         assert page.locator(".rl-panel").evaluate_all("els => els.map(e => e.dataset.backend)") == BACKENDS
+        # first use: the ask button is above the fold, and the empty chart draws no meaningless ticks
+        box = page.locator("#run").bounding_box()
+        assert box and box["y"] + box["height"] <= VIEWPORT["height"], f"'Ask every model' is below the fold: {box}"
+        expect(page.locator("#rl-status")).to_contain_text("models ready")
+        assert page.locator("#router-chart .xtick, #router-chart .ytick").count() == 0
         page.screenshot(path=str(SCREENSHOTS / "01-start.png"), full_page=True)
         check_screenshot(SCREENSHOTS / "01-start.png")
 
