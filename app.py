@@ -91,11 +91,12 @@ def build_app(runtime: Runtime) -> Any:
         leaderboard_tab.select(leaderboard.refresh, None, outputs)
         leaderboard_tab.select(study.refresh, study.inputs, study_outputs)
         refresh.click(study.refresh, study.inputs, study_outputs)
-        api.build(runtime)
+        endpoints = api.build(runtime)
 
         demo.load(api.whoami, None, [annotator], queue=False)
         demo.load(compare.idle_panels, None, compare.bodies, queue=False)
         status_bar.wire(demo, status, runtime)
+    api.hide_internal_handlers(demo, endpoints)  # after `with`: load events attach on exit
     return demo
 
 
