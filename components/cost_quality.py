@@ -31,13 +31,9 @@ def cost_quality_scopes(card: Mapping[str, Any] | None) -> list[str]:
 
 
 def _empty(message: str) -> Any:
-    import plotly.graph_objects as go
+    from components.figures import empty_figure
 
-    figure = go.Figure()
-    figure.add_annotation(text=message, showarrow=False, font=dict(size=13, color="#64748b"))
-    figure.update_layout(height=260, xaxis=dict(visible=False), yaxis=dict(visible=False),
-                         plot_bgcolor="rgba(0,0,0,0)", paper_bgcolor="rgba(0,0,0,0)", margin=dict(l=10, r=10, t=30, b=10))
-    return figure
+    return empty_figure(message, height=260)
 
 
 def cost_quality_figure(card: Mapping[str, Any] | None, scope: str | None = OVERALL) -> Any:

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import html
 import logging
+import queue
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from components.cost_quality import CostQualityPanel
-from components.figures import empty_figure
-from components.learning_curve import read_simulation, simulator_figure, versions_learning_figure
+from components.figures import empty_figure, titled
+from components.learning_curve import (
+    add_rejected_trace,
+    is_rejected,
+    read_simulation,
+    simulator_figure,
+    split_by_outcome,
+    versions_learning_figure,
+)
 from components.runtime import Runtime
 from components.study_panel import headline_ratings_figure
 from data.ratings import bradley_terry_with_ci
@@ -22,6 +33,8 @@ log = logging.getLogger("routelens")
 
 #: Heatmap cells with fewer judgments than this are greyed (their percentage hidden): too few to read.
 MIN_CELL_JUDGMENTS = 5
+#: The export's table choices, as shown -> as :func:`data.export.export_download` names them.
+EXPORT_TABLES = {"judgments": "judgments", "performance pairs": "pairs", "both (a zip of two files)": "both"}
 
 
 def accuracy_figure(frame):
@@ -55,8 +68,9 @@ def accuracy_figure(frame):
                            showscale=False, hoverinfo="skip", text=[[label(v, k) if c else "" for v, k, c in zip(row, nrow, crow, strict=True)]
                                                                     for row, nrow, crow in zip(values, n, thin, strict=True)],
                            texttemplate="%{text}", name=f"fewer than {MIN_CELL_JUDGMENTS} judgments")
-    figure.update_layout(title=f"Accuracy per backend and task category (from judgments; grey: fewer than {MIN_CELL_JUDGMENTS})", height=120 + 40 * len(pivot),
-                         margin=dict(l=10, r=10, t=40, b=10))
+    figure.update_layout(title=titled("Accuracy per backend and task category",
+                                      f"from people's judgments; grey cells: fewer than {MIN_CELL_JUDGMENTS} judgments"),
+                         height=140 + 40 * len(pivot), margin=dict(l=10, r=10, t=60, b=10))
     return figure
 
 
@@ -81,19 +95,56 @@ def ratings_figure(outcomes: list[tuple[str, str, float]], names: list[str]):
     return figure
 
 
+def with_outcomes(versions: list[dict[str, Any]], store: Any | None) -> list[dict[str, Any]]:
+    """``versions`` with each one's promotion outcome from its card: ``promoted`` (True, False, or None when
+    the card has no record) and ``promotion_reason``. Read from the store's ``router_versions`` cards, else
+    from the version's own card file; an unreadable one is left unknown (drawn as promoted)."""
+    from router.versions import read_card
+
+    cards: dict[str, Any] = {}
+    if store is not None:
+        try:
+            cards = {row["version"]: row.get("card") or {} for row in store.router_versions()}
+        except Exception as exc:  # the chart still draws, without outcomes
+            log.warning("router versions' cards unreadable: %s", exc)
+    out = []
+    for version in versions:
+        card = cards.get(version["version"])
+        if card is None and version.get("path"):
+            try:
+                card = read_card(version["path"])
+            except Exception:  # a missing folder: outcome unknown
+                card = {}
+        promotion = (card or {}).get("promotion") or {}
+        promoted = promotion.get("promoted")
+        out.append({**version, "promoted": promoted if isinstance(promoted, bool) else None,
+                    "promotion_reason": promotion.get("reason")})
+    return out
+
+
 def versions_figure(versions: list[dict[str, Any]]):
+    """``versions``: ``RouterService.versions()`` rows (held-out metrics flat) with their outcome
+    (:func:`with_outcomes`). Versions that served (promoted or active) are the lines; rejected retrain
+    attempts are grey crosses off the lines, with the reason on hover, so a rejection never reads as a fall."""
     import plotly.graph_objects as go
 
-    """``versions``: ``RouterService.versions()`` rows, which carry the held-out metrics flat."""
     rows = [v for v in versions if v.get("routed_accuracy") is not None]
     if not rows:
         return _empty("No trained router versions with held-out metrics yet.")
-    names = [v["version"] for v in rows]
+    kept, rejected = split_by_outcome(rows)
     figure = go.Figure()
-    for key, label in (("routed_accuracy", "routed"), ("best_single_accuracy", "best single"), ("oracle_accuracy", "oracle")):
-        figure.add_scatter(x=names, y=[(v.get(key) or 0) * 100 for v in rows], mode="lines+markers", name=label)
-    figure.update_layout(title="Router held-out accuracy across versions", yaxis=dict(ticksuffix="%"), height=300,
-                         margin=dict(l=10, r=10, t=40, b=10))
+    for key, label, colour in (("routed_accuracy", "routed", "#4f46e5"), ("best_single_accuracy", "best single", "#64748b"),
+                               ("oracle_accuracy", "oracle", "#16a34a")):
+        figure.add_scatter(x=[v["version"] for v in kept], y=[(v.get(key) or 0) * 100 for v in kept], mode="lines+markers",
+                           name=label, line=dict(color=colour), marker=dict(color=colour),
+                           customdata=["active" if v.get("active") else "promoted" for v in kept],
+                           hovertemplate=f"%{{x}} (%{{customdata}}): {label} %{{y:.1f}}%<extra></extra>")
+    add_rejected_trace(figure, [v["version"] for v in rejected], rejected, [v["routed_accuracy"] * 100 for v in rejected])
+    order = [v["version"] for v in rows]  # every version in the order it was made, rejected ones in place
+    note = (f"{len(rejected)} rejected attempt(s): grey ✕, not promoted, so off the lines" if rejected
+            else "each version on its own held-out rows")
+    figure.update_layout(title=titled("Router held-out accuracy by version", note), yaxis=dict(ticksuffix="%"), height=320,
+                         margin=dict(l=10, r=10, t=60, b=10), xaxis=dict(type="category", categoryorder="array", categoryarray=order))
     return figure
 
 
@@ -108,10 +159,17 @@ def reliability_figure(card: dict[str, Any] | None):
     figure.add_scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="lines+markers",
                        name="router", marker=dict(size=[4 + min(20, b.get("count", 1) ** 0.5) for b in bins]))
     ece = (card.get("metrics") or {}).get("ece")
-    title = "Reliability diagram (held-out)" + (f" · ECE {ece:.3f}" if isinstance(ece, (int, float)) else "")
-    figure.update_layout(title=title, xaxis=dict(title="predicted P(correct)", range=[0, 1]),
-                         yaxis=dict(title="observed accuracy", range=[0, 1]), height=320, margin=dict(l=10, r=10, t=40, b=10))
+    note = "the active router on its held-out rows" + (f" · ECE {ece:.3f}" if isinstance(ece, (int, float)) else "")
+    figure.update_layout(title=titled("Reliability diagram", note), xaxis=dict(title="predicted P(correct)", range=[0, 1]),
+                         yaxis=dict(title="observed accuracy", range=[0, 1]), height=320, margin=dict(l=10, r=10, t=60, b=10))
     return figure
+
+
+def progress_markdown(fraction: float, desc: str, width: int = 24) -> str:
+    """A retrain's progress as Markdown: a bar of ``width`` cells, the percentage and the step in words."""
+    fraction = min(1.0, max(0.0, float(fraction)))
+    filled = round(fraction * width)
+    return f"**Retraining…** `{'▰' * filled}{'▱' * (width - filled)}` {fraction:.0%}\n\n{html.escape(desc)}"
 
 
 def counts_markdown(stats: dict[str, Any]) -> str:
@@ -127,11 +185,12 @@ class LeaderboardView:
         self.runtime = runtime
         self.names = [b.name for b in runtime.backends]
         self.cost_quality = CostQualityPanel(lambda: self.runtime.router.card())
+        self._retraining = threading.Lock()
 
     def refresh(self) -> list[Any]:
         store = self.runtime.store
         stats = self.runtime.stats()
-        versions = self.runtime.router.versions()
+        versions = with_outcomes(self.runtime.router.versions(), store)
         if store is None:
             empty = _empty("The database is unavailable.")
             return [counts_markdown(stats), empty, empty, empty, empty, self._version_choices(versions),
@@ -150,18 +209,60 @@ class LeaderboardView:
 
     @staticmethod
     def _version_choices(versions: list[dict[str, Any]]):
-        """Every version, the active one marked and selected (so the dropdown is never blank)."""
-        choices = [(f"{v['version']} (active)" if v.get("active") else v["version"], v["version"]) for v in versions]
+        """Every version, the active one marked and selected (so the dropdown is never blank), rejected
+        attempts marked as such (they can still be activated by hand)."""
+        def label(v: dict[str, Any]) -> str:
+            return f"{v['version']} (active)" if v.get("active") else f"{v['version']} (not promoted)" if is_rejected(v) else v["version"]
+
+        choices = [(label(v), v["version"]) for v in versions]
         active = next((v["version"] for v in versions if v.get("active")), None)
         return gr.update(choices=choices, value=active)
 
     def retrain(self, force: bool, progress=None) -> str:
+        """Retrain, telling ``progress(fraction, desc=...)`` each real step as it starts (reading the data,
+        features per image and question, training, held-out evaluation, the promotion decision)."""
+        if progress is not None:
+            progress(0.0, desc="Starting: loading the feature models")
         try:
             report = self.runtime.router.retrain(force=force, progress=progress)
         except Exception as exc:  # any training failure becomes a message
             log.exception("retrain failed")
             return f"⚠️ Retraining failed: {html.escape(str(exc))}"
+        if progress is not None:
+            progress(1.0, desc="Done")
         return report
+
+    def retrain_stream(self, force: bool, *, every_s: float = 0.25) -> Iterator[str]:
+        """The retrain as the page shows it: a progress line per real step as it happens (at most one per
+        ``every_s``), then the report. The training runs in its own thread; one retrain at a time."""
+        if not self._retraining.acquire(blocking=False):
+            yield "⚠️ A retrain is already running; its report appears where it was started."
+            return
+        events: queue.Queue[tuple[float, str] | None] = queue.Queue()
+        outcome: dict[str, str] = {}
+
+        def work() -> None:
+            try:
+                outcome["report"] = self.retrain(force, lambda fraction, desc="": events.put((float(fraction), str(desc))))
+            finally:
+                self._retraining.release()
+                events.put(None)
+
+        threading.Thread(target=work, name="retrain", daemon=True).start()
+        latest, shown_at, done = (0.0, "Starting"), 0.0, False
+        while not done:
+            item = events.get()
+            while item is not None:  # coalesce what arrived meanwhile; show the newest
+                latest = item
+                try:
+                    item = events.get(timeout=max(0.0, every_s - (time.monotonic() - shown_at)))
+                except queue.Empty:
+                    break
+            done = item is None
+            if not done:
+                shown_at = time.monotonic()
+                yield progress_markdown(*latest)
+        yield outcome.get("report", "⚠️ Retraining stopped without a report.")
 
     def rollback(self, version: str | None) -> str:
         if not version:
@@ -172,13 +273,21 @@ class LeaderboardView:
             return f"⚠️ Could not activate {html.escape(version)}: {html.escape(str(exc))}"
         return f"✓ Router {html.escape(version)} is now active."
 
-    def export(self, fmt: str) -> str | None:
-        from data.export import export_all
+    def export(self, fmt: str, tables: str = "judgments") -> tuple[Any, str]:
+        """(the file for the download box, with a label saying what it holds; a status line). One table
+        is one plain file; both tables are a zip whose name and label say so. No server path in either."""
+        from data.export import export_download
 
         if self.runtime.store is None:
-            return None
-        folder = Path(tempfile.mkdtemp(prefix="routelens-export-"))
-        return str(export_all(self.runtime.store, fmt, folder))
+            return gr.update(value=None, label="Download"), "⚠️ The database is unavailable: nothing to export."
+        try:
+            download = export_download(self.runtime.store, fmt, EXPORT_TABLES.get(tables, tables),
+                                       Path(tempfile.mkdtemp(prefix="routelens-export-")))
+        except Exception as exc:  # a failed export becomes a message
+            log.exception("export failed")
+            return gr.update(value=None, label="Download"), f"⚠️ Export failed: {html.escape(str(exc))}"
+        return (gr.update(value=str(download.path), label=download.label),
+                f"✓ {html.escape(download.label)}. Photos are named by their sha256 key; no file paths.")
 
     def build(self) -> Any:
         with gr.Row():
@@ -200,27 +309,34 @@ class LeaderboardView:
             with gr.Column():
                 force = gr.Checkbox(label="Force: promote even if it does not beat the active router", value=False)
                 retrain = gr.Button("Retrain the router from all judgments", variant="primary", elem_id="lb-retrain")
-                report = gr.Markdown("", elem_id="lb-report")
+                report = gr.Markdown("", elem_id="lb-report", min_height=40)
             with gr.Column():
                 version = gr.Dropdown(label="Router versions", choices=[], elem_id="lb-version")
                 rollback = gr.Button("Activate this version (rollback)", elem_id="lb-rollback")
                 rollback_status = gr.Markdown("")
         gr.Markdown("### Export judgments and performance pairs")
         with gr.Row():
-            fmt = gr.Radio(["csv", "parquet", "jsonl"], value="csv", label="Format", elem_id="lb-format")
-            export = gr.Button("Prepare download", elem_id="lb-export")
-            download = gr.File(label="Download", interactive=False, height=90, elem_id="lb-download")
+            with gr.Column():
+                tables = gr.Radio(list(EXPORT_TABLES), value=next(iter(EXPORT_TABLES)), label="Table", elem_id="lb-tables")
+                fmt = gr.Radio(["csv", "parquet", "jsonl"], value="csv", label="Format", elem_id="lb-format")
+                export = gr.Button("Prepare download", elem_id="lb-export")
+            with gr.Column():
+                download = gr.File(label="Download", interactive=False, height=90, elem_id="lb-download")
+                export_status = gr.Markdown("", elem_id="lb-export-status")
 
         outputs = [counts, accuracy, ratings, versions_plot, reliability, version, learning, simulated,
                    *self.cost_quality.outputs]
         refresh.click(self.refresh, None, outputs)
 
-        def do_retrain(force_value: bool, progress=gr.Progress()):
-            return self.retrain(force_value, progress)
+        def do_retrain(force_value: bool):
+            yield from self.retrain_stream(force_value)
 
-        retrain.click(do_retrain, [force], [report], concurrency_id="retrain", concurrency_limit=1).then(self.refresh, None, outputs)
+        # The steps stream into the report box (a visible bar and the step in words); Gradio's own overlay
+        # would cover them, so it only shows a small spinner.
+        retrain.click(do_retrain, [force], [report], concurrency_id="retrain", concurrency_limit=1,
+                      show_progress="minimal").then(self.refresh, None, outputs)
         rollback.click(self.rollback, [version], [rollback_status]).then(self.refresh, None, outputs)
-        export.click(self.export, [fmt], [download])
+        export.click(self.export, [fmt, tables], [download, export_status])
         return refresh, outputs
 
 

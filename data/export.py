@@ -16,9 +16,14 @@ annotator, session_id, client_key, created_at, question, category, image_sha256,
 ``tstamp`` (Unix seconds), ``question_id``, ``category``, ``language`` (null: not known), plus
 ``judgment_id``, ``session_id``, ``blind`` and ``flag_reason``.
 
-``export_all(store, fmt, folder)`` does the same into ``folder`` and returns one zip of both files
-(the leaderboard's download button). Every file is written under a temporary name and renamed
-when complete.
+``export_all(store, fmt, folder)`` does the same into ``folder`` and returns one zip of both files.
+
+``export_download(store, fmt, tables, folder)`` is the leaderboard's download button: one file of one
+table (``routelens-judgments.csv``, ``routelens-pairs.parquet``, ...), or, for both tables, a zip whose
+name says it holds two (``routelens-judgments-and-pairs-csv.zip``). It holds no server paths: the
+pairs' ``image`` (an absolute path on the server) is left out of CSV and Parquet and empty in JSONL, and
+every image is referred to by its sha256 key (``image_sha256``, computed from the file where a row
+lacks it). Every file is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 import uuid
 import zipfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +114,87 @@ def export_all(store: Store, fmt: str, folder: str | os.PathLike[str]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return archive
+
+
+#: What the leaderboard's download can hold: one table, or both in a zip.
+DOWNLOAD_TABLES: tuple[str, ...] = ("judgments", "pairs", "both")
+#: The pairs columns of a download (no ``image``: on the server it is an absolute path; ``image_sha256`` names the photo).
+DOWNLOAD_PAIR_FIELDS: tuple[str, ...] = tuple(f for f in PAIR_FIELDS if f != "image")
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file prepared for the download button: where it is, and what it holds in words (for its label)."""
+
+    path: Path
+    label: str
+    rows: dict[str, int]
+
+
+def export_download(store: Store, fmt: str, tables: str, folder: str | os.PathLike[str]) -> Download:
+    """Write ``tables`` (``judgments``, ``pairs`` or ``both``) as ``fmt`` into ``folder`` for a person to
+    download: one file per table, a zip only for both, never a server path in a cell or a file name."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if tables not in DOWNLOAD_TABLES:
+        raise ValueError(f"tables must be one of {', '.join(DOWNLOAD_TABLES)}, got {tables!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = ("judgments", "pairs") if tables == "both" else (tables,)
+    staging = folder / f"routelens-{fmt}" if tables == "both" else folder
+    written: dict[str, tuple[Path, int]] = {}
+    for table in wanted:
+        name = f"{table}.{fmt}" if tables == "both" else f"routelens-{table}.{fmt}"
+        written[table] = (staging / name, _write_table(store, table, fmt, staging / name))
+    rows = {table: count for table, (_, count) in written.items()}
+    if tables != "both":
+        ((path, count),) = written.values()
+        what = "judged answers (one row per backend judged)" if tables == "judgments" else "performance pairs"
+        return Download(path, f"{path.name}: {count:,} {what}", rows)
+    archive = folder / f"routelens-judgments-and-pairs-{fmt}.zip"
+    tmp = _atomic(archive)
+    try:
+        with zipfile.ZipFile(tmp, "x", compression=zipfile.ZIP_DEFLATED) as bundle:
+            for path, _count in written.values():
+                bundle.write(path, arcname=path.name)
+        _finish(tmp, archive)
+    finally:
+        tmp.unlink(missing_ok=True)
+    label = (f"{archive.name}: a zip, because it holds two tables: judgments.{fmt} ({rows['judgments']:,} rows) "
+             f"and pairs.{fmt} ({rows['pairs']:,} rows)")
+    return Download(archive, label, rows)
+
+
+def _write_table(store: Store, table: str, fmt: str, path: Path) -> int:
+    if table == "judgments":
+        rows: Iterator[dict[str, Any]] = ({key: row.get(key) for key in JUDGMENT_FIELDS} for row in store.judgment_rows())
+        columns = JUDGMENT_FIELDS
+    else:
+        rows = _pairs_by_key(store.performance_pairs())
+        columns = PAIR_FIELDS if fmt == "jsonl" else DOWNLOAD_PAIR_FIELDS
+    if fmt == "jsonl":
+        return _write_jsonl(({key: row.get(key) for key in columns} for row in rows), path)
+    return (_write_csv if fmt == "csv" else _write_parquet)(({key: row.get(key) for key in columns} for row in rows), columns, path)
+
+
+def _pairs_by_key(pairs: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Pairs rows with the photo named by its sha256 key only: ``image`` (a server path) emptied, and
+    ``image_sha256`` computed from that file where the row lacks it (once per file)."""
+    from data.images import image_key
+
+    keys: dict[str, str | None] = {}
+    for row in pairs:
+        row = dict(row)
+        path = row.pop("image", None)
+        if not row.get("image_sha256") and path:
+            if path not in keys:
+                try:
+                    keys[path] = image_key(path)
+                except (OSError, ValueError):  # missing or unreadable: no key rather than a path
+                    keys[path] = None
+            row["image_sha256"] = keys[path]
+        row["image"] = None
+        yield row
 
 
 def _atomic(path: Path) -> Path:

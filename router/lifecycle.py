@@ -9,6 +9,7 @@ earlier versions (newest first) and finally the category rule, and return a noti
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,134 @@ from router.features import ImageEmbedder, TextEncoder
 from router.table import PairTable, build_table
 from router.training import TrainConfig, TrainResult, train_router
 from router.versions import VersionEntry, VersionRegistry, load_router, save_router, utc_now
+
+log = logging.getLogger("routelens")
+
+# ============================================================================ retrain progress
+#: A progress callback, ``progress(fraction, desc=...)`` (Gradio's ``gr.Progress`` fits).
+Progress = Callable[..., Any]
+
+
+#: A retrain's steps in order, each with the fraction of the bar reached when it starts.
+#: Sized on the offline preset's first retrain (about 650 images, 180 questions, 100 s on 2 CPU cores): features
+#: three quarters of the time, training a tenth, evaluation a few seconds, the promotion decision a tenth.
+RETRAIN_STEPS: tuple[tuple[str, float], ...] = (
+    ("reading", 0.02), ("features", 0.05), ("training", 0.7), ("evaluation", 0.8), ("promotion", 0.85), ("done", 0.97),
+)
+#: An encoded question counts as this much of an embedded image on the features bar (MiniLM is that much faster).
+QUESTION_WEIGHT = 0.25
+
+
+class RetrainProgress:
+    """Reports a retrain's real steps: reading the data, features (per image embedded and per question
+    encoded), training, held-out evaluation, the promotion decision. Never goes backwards, and a failing
+    callback only costs the bar (it is logged), never the training."""
+
+    TOTAL = 5
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.fraction = 0.0
+        self.step = ""
+        self._images = [0, 0]  # done, total
+        self._questions = [0, 0]
+        self._scored = [0, 0]  # held-out images the active router has embedded for the promotion decision
+        self._failed = False
+        self._sent = -1.0
+
+    @staticmethod
+    def start_of(step: str) -> float:
+        return dict(RETRAIN_STEPS)[step]
+
+    def report(self, step: str, desc: str, fraction: float | None = None) -> None:
+        same_step = step == self.step
+        self.step = step
+        self.fraction = max(self.fraction, self.start_of(step) if fraction is None else fraction)
+        if self.progress is None or self._failed:
+            return
+        if same_step and self.fraction - self._sent < 0.005:
+            return  # within a step, one update per half percent is enough for the bar
+        self._sent = self.fraction
+        try:
+            self.progress(round(self.fraction, 4), desc=desc)
+        except Exception as exc:  # a broken bar must not stop the training
+            self._failed = True
+            log.warning("retrain progress could not be reported: %s", exc)
+
+    # ---------------------------------------------------------------- the features step, per unit of work
+    def expect_features(self, images: int, questions: int) -> None:
+        self._images, self._questions = [0, images], [0, questions]
+        if images + questions:
+            what = (f"{images:,} images to embed and {questions:,} questions to encode" if images
+                    else f"{questions:,} questions to encode")
+            self.report("features", f"Step 2 of {self.TOTAL} · features: {what}")
+        else:  # nothing this bar can count (the encoder is built inside the fit): features and training as one step
+            self.report("training", f"Steps 2-3 of {self.TOTAL} · computing features and training the router")
+
+    def expect_promotion(self, active: str | None, images: int) -> None:
+        self._scored = [0, images]
+        self.report("promotion", f"Step 5 of {self.TOTAL} · promotion decision: " + (
+            f"comparing with the active router {active} on the same held-out rows" if active else "no active router yet"))
+
+    def image_embedded(self) -> None:
+        if self.step == "promotion":
+            self._scored[0] = min(self._scored[1], self._scored[0] + 1)
+            span, share = self.start_of("done") - self.start_of("promotion"), self._scored[0] / max(1, self._scored[1])
+            self.report("promotion", f"Step 5 of {self.TOTAL} · promotion decision: the active router scores held-out image "
+                                     f"{self._scored[0]:,} of {self._scored[1]:,}", self.start_of("promotion") + span * share)
+            return
+        if self._after_features():
+            return
+        self._images[0] = min(self._images[1], self._images[0] + 1)
+        self._advance(f"Step 2 of {self.TOTAL} · features: image {self._images[0]:,} of {self._images[1]:,} embedded")
+
+    def questions_encoded(self, n: int) -> None:
+        if self._after_features():
+            return
+        self._images[0] = self._images[1]  # images are embedded first: done (or failed) once questions are encoded
+        self._questions[0] = min(self._questions[1], self._questions[0] + n)
+        self._advance(f"Step 2 of {self.TOTAL} · features: {self._questions[0]:,} of {self._questions[1]:,} questions encoded")
+
+    def _after_features(self) -> bool:
+        """After the features, the encoders are used again only by the held-out evaluation's timed decisions."""
+        if self.step == "training":
+            self.report("evaluation", f"Step 4 of {self.TOTAL} · evaluating on the held-out queries (accuracy, calibration, timing)")
+        return self.step != "features"
+
+    def _advance(self, desc: str) -> None:
+        done = self._images[0] + QUESTION_WEIGHT * self._questions[0]
+        total = self._images[1] + QUESTION_WEIGHT * self._questions[1]
+        span = self.start_of("training") - self.start_of("features")
+        self.report("features", desc, self.start_of("features") + span * (done / total if total else 1.0))
+        if done >= total:
+            self.report("training", f"Step 3 of {self.TOTAL} · training the router's heads and calibrating them")
+
+
+class _CountingTextEncoder:
+    """A text encoder that tells :class:`RetrainProgress` how many questions it encoded (all else delegated)."""
+
+    def __init__(self, inner: TextEncoder, steps: RetrainProgress) -> None:
+        self._inner = inner
+        self._steps = steps
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = self._inner.encode(texts)
+        self._steps.questions_encoded(len(texts))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _counting_embedder(inner: ImageEmbedder, steps: RetrainProgress) -> ImageEmbedder:
+    def embed(image: Any) -> np.ndarray:
+        try:
+            return inner(image)
+        finally:  # an image that fails still counts as done (training goes on without it)
+            steps.image_embedded()
+
+    return embed
+
 
 # ============================================================================ training a version
 _VLM_HINTS = ("clip", "siglip", "efficientnet", "vit", "resnet", "convnext", "dino")
@@ -88,38 +217,70 @@ def train_version(
     image_embedder_name: str | None = None,
     llm_loader: Callable[[], tuple[Any, Any]] | None = None,
     llm_model_dir: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> TrainOutcome:
     """Pairs files and/or a Store -> a trained, saved version, promoted if it beats the active one.
 
     ``out_dir`` is the versions folder (``<out_dir>/<version>/`` plus ``versions.json``); with a
-    ``store`` the version is also recorded in its ``router_versions`` table.
+    ``store`` the version is also recorded in its ``router_versions`` table. ``progress(fraction, desc=...)``
+    is told each step as it starts (:class:`RetrainProgress`).
     """
     if not pairs and store is None:
         raise RouterError("nothing to train on: give a pairs file, a store, or both")
     config = config or TrainConfig()
+    steps = RetrainProgress(progress)
+    steps.report("reading", f"Step 1 of {steps.TOTAL} · reading people's judgments and the benchmark pairs")
     table, warnings = build_table(pairs=pairs, store=store, backends=None if backends is None else [b.name for b in backends], strict=strict)
     if backends is None:
         backends, guess = infer_backends(table)
         warnings.append(guess)
+    counting_encoder, counting_embedder = text_encoder, image_embedder
+    if steps.progress is not None:
+        embeds = image_embedder is not None and any(table.images)
+        steps.expect_features(len({g for g, p in zip(table.groups, table.images, strict=True) if p}) if embeds else 0,
+                              len(set(table.questions)) if text_encoder is not None else 0)
+        if text_encoder is not None:
+            counting_encoder = _CountingTextEncoder(text_encoder, steps)  # type: ignore[assignment]
+        if image_embedder is not None:
+            counting_embedder = _counting_embedder(image_embedder, steps)
     result = train_router(
         table,
         backends,
         config=config,
-        text_encoder=text_encoder,
-        image_embedder=image_embedder,
+        text_encoder=counting_encoder,
+        image_embedder=counting_embedder,
         image_embedder_name=image_embedder_name,
         llm_loader=llm_loader,
         llm_model_dir=llm_model_dir,
         warnings=warnings,
     )
+    _unwrap(result, text_encoder, image_embedder)
     registry = VersionRegistry(out_dir, store)
-    load_kwargs = {"text_encoder": result.router.extractor.text_encoder, "image_embedder": image_embedder,
+    active_before = registry.active_version()
+    held = result.table
+    steps.expect_promotion(active_before, len({held.groups[i] for i in result.heldout_index if held.images[i]}))
+    load_kwargs = {"text_encoder": result.router.extractor.text_encoder,
+                   "image_embedder": counting_embedder if active_before and steps.progress is not None else image_embedder,
                    "llm_loader": llm_loader, "llm_model_dir": llm_model_dir}
     promotion = register_and_promote(registry, result, out_dir, force=force, load_kwargs=load_kwargs)
+    steps.report("done", f"Promoted {promotion.version}: loading it" if promotion.promoted
+                 else f"Not promoted: {active_before} stays active")
     return TrainOutcome(
         promotion.version, promotion.path, promotion.promoted, promotion.reason, result.card, result.warnings,
         promotion.active_metrics, promotion.comparison,
     )
+
+
+def _unwrap(result: TrainResult, text_encoder: Any, image_embedder: Any) -> None:
+    """Give the trained router back the caller's own encoders (the counting ones were for the progress bar)."""
+    extractor = getattr(result.router, "extractor", None)
+    if extractor is None:
+        return
+    if isinstance(getattr(extractor, "text_encoder", None), _CountingTextEncoder):
+        extractor.text_encoder = text_encoder
+    features = getattr(extractor, "image_features", None)
+    if features is not None and image_embedder is not None:
+        features.embedder = image_embedder
 
 
 # ============================================================================ promotion
@@ -368,7 +529,11 @@ def _compat_notices(router: Router, backends: Sequence[BackendChoice], image_emb
 
 
 __all__ = [
+    "QUESTION_WEIGHT",
+    "RETRAIN_STEPS",
+    "Progress",
     "PromotionResult",
+    "RetrainProgress",
     "TrainOutcome",
     "ensure_router",
     "infer_backends",

@@ -190,15 +190,12 @@ class RouterService:
 
         Returns the Markdown report; raises RouterError when there is too little to train on.
         """
-        if progress is not None:
-            progress(0.05, desc="Reading judgments and pairs")
         kwargs, features_name = self._models()
         pairs = [p for p in self.shipped_pairs if p.is_file()]
-        if progress is not None:
-            progress(0.2, desc="Training (features, heads, calibration)")
+        # train_version reports each real step (reading, features per image, training, evaluation, promotion)
         outcome = train_version(
             out_dir=self.versions_dir, pairs=pairs, store=self.store, force=force, strict=False,
-            image_embedder_name=features_name, **kwargs,
+            image_embedder_name=features_name, progress=progress, **kwargs,
         )
         if outcome.promoted:
             router, notice = load_active_router(self.versions_dir, self.store, **kwargs)
