@@ -59,7 +59,7 @@ def build_app(runtime: Runtime) -> Any:
     import gradio as gr
 
     from components import api, status_bar
-    from components.annotate_tab import AnnotateView
+    from components.annotate_tab import AnnotateView, remember_name
     from components.compare_tab import CompareView
     from components.leaderboard_tab import LeaderboardView
     from components.study_panel import StudyPanel
@@ -78,6 +78,7 @@ def build_app(runtime: Runtime) -> Any:
                     label="Your name (stored with your judgments)", placeholder="anonymous", max_lines=1,
                     elem_id="annotator",
                 )
+                remember_name(annotator)  # the name comes back after a reload (outside the tabs: see its doc)
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
                 compare.build(annotator)

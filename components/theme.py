@@ -67,9 +67,12 @@ footer {display: none !important;}
 }
 """
 
-#: Annotate-tab shortcuts: 1-9 toggle backend N correct/wrong, t tie, a all wrong, Enter save & next,
-#: n skip. Ignored while typing in a text box. Implemented by clicking the real controls, so the
-#: keyboard and the mouse do exactly the same thing.
+#: Annotate-tab shortcuts (the page shows them: components.annotate_tab.SHORTCUT_HELP): 1-9 select
+#: backend panel N (outlined: ``data-rl-selected`` on #annotate-root), then c / w / s set its verdict to
+#: correct / wrong / skip; t tie; a all wrong (every answered backend wrong and best = all wrong, in one
+#: press); Enter save & next; n skip item; u undo (back to the previous item). Ignored while typing in a
+#: text box (Esc leaves it). Implemented by clicking the real controls, so the keyboard and the mouse do
+#: exactly the same thing.
 SHORTCUTS_JS = """
 () => {
   if (window.__routelensKeys) return;
@@ -84,29 +87,44 @@ SHORTCUTS_JS = """
     button.click();
   });
   document.addEventListener('keydown', (event) => {
-    const tab = document.querySelector('#annotate-root');
-    if (!tab || tab.offsetParent === null) return;
+    const root = document.querySelector('#annotate-root');
+    if (!root || root.offsetParent === null) return;
+    if (event.ctrlKey || event.metaKey || event.altKey || event.isComposing) return;
     const target = event.target;
-    if (target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type === 'text'))) return;
-    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const typing = target && (target.isContentEditable || target.tagName === 'TEXTAREA' || target.tagName === 'SELECT' ||
+      (target.tagName === 'INPUT' && !['radio', 'checkbox', 'button', 'submit', 'range'].includes(target.type)));
+    if (typing) { if (event.key === 'Escape' && target.blur) target.blur(); return; }
+    const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
     const click = (selector) => { const el = document.querySelector(selector); if (el) { el.click(); return true; } return false; };
+    // choice: 0 correct, 1 wrong, 2 skip (the radio's order, components.answer_grid.VERDICTS)
+    const choose = (index, choice) => {
+      const inputs = document.querySelectorAll('#ann-verdict-' + index + ' input[type=radio]');
+      const input = inputs[choice];
+      if (!input || input.disabled) return false;
+      if (!input.checked) input.click();
+      return true;
+    };
+    const selected = () => Number(root.dataset.rlSelected || 0);
     let handled = false;
-    if (/^[1-9]$/.test(event.key)) {
-      const group = document.querySelector('#ann-verdict-' + (Number(event.key) - 1));
-      if (group) {
-        const inputs = Array.from(group.querySelectorAll('input[type=radio]'));
-        const current = inputs.findIndex((i) => i.checked);
-        const next = inputs[(current + 1) % inputs.length];
-        if (next) { next.click(); handled = true; }
-      }
-    } else if (event.key === 't') {
+    if (/^[1-9]$/.test(key)) {
+      const index = Number(key) - 1;
+      if (document.querySelector('#ann-verdict-' + index)) { root.dataset.rlSelected = String(index); handled = true; }
+    } else if (key === 'c' || key === 'w' || key === 's') {
+      handled = choose(selected(), {c: 0, w: 1, s: 2}[key]);
+    } else if (key === 't') {
       handled = click('#ann-best input[value="tie"]');
-    } else if (event.key === 'a') {
+    } else if (key === 'a') {
+      root.querySelectorAll('[id^="ann-verdict-"]').forEach((group) => {
+        const index = group.id.slice('ann-verdict-'.length);
+        if (!document.querySelector('#ann-panel-' + index + ' .rl-error')) choose(index, 1);
+      });
       handled = click('#ann-best input[value="all_wrong"]');
-    } else if (event.key === 'Enter') {
+    } else if (key === 'Enter') {
       handled = click('#ann-save');
-    } else if (event.key === 'n') {
+    } else if (key === 'n') {
       handled = click('#ann-skip');
+    } else if (key === 'u') {
+      handled = click('#ann-undo');
     }
     if (handled) event.preventDefault();
   });

@@ -48,7 +48,7 @@ ARENA_FORMAT = "arena"
 JUDGMENT_FIELDS: tuple[str, ...] = (
     "judgment_id", "query_id", "backend", "correct", "best", "true_answer", "reason", "annotator",
     "session_id", "client_key", "created_at", "question", "category", "image_sha256", "answer",
-    "blind", "anonymous", "flag_reason", "guidelines_version",
+    "blind", "anonymous", "flag_reason", "guidelines_version", "replaced_by", "replaced_at",
 )
 
 

@@ -245,7 +245,26 @@ def _studies(db: Database) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _initial), Migration(2, "studies", _studies))
+# --------------------------------------------------------------------------------------------------
+# Migration 3: judgments changed later. The Annotate tab's undo stores a changed judgment as a new row
+# and keeps the old one, marked replaced; statistics, pairs, agreement and training read only the
+# judgments that were not replaced (``replaced_by IS NULL``).
+
+_REPLACED = """
+ALTER TABLE judgments ADD COLUMN replaced_by INTEGER REFERENCES judgments(id);
+ALTER TABLE judgments ADD COLUMN replaced_at TEXT;
+CREATE INDEX judgments_replaced ON judgments(replaced_by);
+"""
+
+
+def _replaced(db: Database) -> None:
+    for statement in _split_sql(_REPLACED):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial", _initial), Migration(2, "studies", _studies), Migration(3, "replaced judgments", _replaced),
+)
 
 #: The schema version this code writes; a database with a higher user_version is refused.
 LATEST_VERSION = MIGRATIONS[-1].version

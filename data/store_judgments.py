@@ -37,7 +37,7 @@ SELECT j.id AS judgment_id, j.query_id, v.backend, v.correct, j.best, j.true_ans
        j.annotator, j.session_id, j.client_key, j.created_at, q.question,
        COALESCE(q.category, d.category) AS category, q.image_sha256, a.text AS answer,
        j.blind, (j.blind = 1 AND j.flag_reason IS NULL) AS anonymous, j.flag_reason,
-       g.version AS guidelines_version, g.scope AS guidelines_scope
+       g.version AS guidelines_version, g.scope AS guidelines_scope, j.replaced_by, j.replaced_at
 FROM judgments j
 JOIN queries q ON q.id = j.query_id
 LEFT JOIN decisions d ON d.query_id = j.query_id
@@ -48,7 +48,7 @@ WHERE (:since IS NULL OR j.created_at >= :since)
 ORDER BY j.id, v.backend
 """
 
-# Every verdict with who gave it, for agreement: one row per (judgment, backend).
+# Every verdict with who gave it, for agreement: one row per (judgment, backend) of the judgments not replaced.
 _ANNOTATOR_VERDICTS_SQL = """
 SELECT j.id AS judgment_id, j.query_id, v.backend, v.correct, j.annotator, j.reason, j.best, j.session_id,
        j.blind, j.created_at, COALESCE(q.category, d.category) AS category, q.question, a.text AS answer
@@ -57,7 +57,7 @@ JOIN verdicts v ON v.judgment_id = j.id
 JOIN queries q ON q.id = j.query_id
 LEFT JOIN decisions d ON d.query_id = j.query_id
 LEFT JOIN answers a ON a.query_id = v.query_id AND a.backend = v.backend
-WHERE (:session IS NULL OR j.session_id = :session)
+WHERE (:session IS NULL OR j.session_id = :session) AND j.replaced_by IS NULL
 ORDER BY j.query_id, j.id, v.backend
 """
 
@@ -66,6 +66,19 @@ LATEST_ADJUDICATIONS_SQL = (
     "SELECT query_id, backend, correct, adjudicator, reason, created_at FROM adjudications "
     "WHERE id IN (SELECT MAX(id) FROM adjudications GROUP BY query_id, backend)"
 )
+
+
+def _check_replaceable(db: Database, judgment_id: int, query_id: str, annotator: str) -> None:
+    """A judgment may be replaced by a new one of the same query, by the same annotator, once."""
+    row = db.execute("SELECT query_id, annotator, replaced_by FROM judgments WHERE id = ?", [judgment_id]).fetchone()
+    if row is None:
+        raise ValueError(f"unknown judgment {judgment_id} (the one to replace)")
+    if row[0] != query_id:
+        raise ValueError(f"judgment {judgment_id} is of another query; a new judgment replaces one of the same query")
+    if row[1] != annotator:
+        raise ValueError(f"judgment {judgment_id} is {row[1]}'s; only its annotator can change it")
+    if row[2] is not None:
+        raise ValueError(f"judgment {judgment_id} was already replaced (by judgment {row[2]})")
 
 
 def _as_bools(row: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +105,7 @@ class JudgmentTables(StoreCore):
         blind: bool = False,
         flag_reason: str | None = None,
         guidelines_id: int | None = None,
+        replaces: int | None = None,
     ) -> int:
         """Save one judgment, committed before returning.
 
@@ -105,6 +119,9 @@ class JudgmentTables(StoreCore):
         blind and has no flag. ``guidelines_id``: the guidelines version (:meth:`set_guidelines`) shown.
         With ``session_id`` of an annotation session, the annotator's hand-out of the query's item is
         marked judged, and the item done once ``k`` annotators judged it, in the same transaction.
+        ``replaces``: the id of the same annotator's earlier judgment of the same query that this one
+        changes; that row is kept and marked replaced (``replaced_by``, ``replaced_at``) in the same
+        transaction, and statistics, pairs and training read only judgments not replaced.
 
         Raises ValueError on bad input (nothing written) and :class:`JudgmentNotSaved` when SQLite
         cannot save it (read-only, disk full, locked for longer than ``lock_timeout_s``).
@@ -137,6 +154,8 @@ class JudgmentTables(StoreCore):
         flag_reason = check_text(flag_reason, "flag reason", MAX_FLAG_CHARS, required=False) or None
         if guidelines_id is not None and (isinstance(guidelines_id, bool) or not isinstance(guidelines_id, int)):
             raise ValueError("guidelines_id must be a guidelines version's id (an integer)")
+        if replaces is not None and (isinstance(replaces, bool) or not isinstance(replaces, int)):
+            raise ValueError("replaces must be a judgment's id (an integer)")
 
         def write(db: Database) -> int:
             if client_key is not None and db.execute(
@@ -159,6 +178,8 @@ class JudgmentTables(StoreCore):
                 "SELECT 1 FROM guidelines WHERE id = ?", [guidelines_id]
             ).fetchone() is None:
                 raise ValueError(f"unknown guidelines id {guidelines_id}")
+            if replaces is not None:
+                _check_replaceable(db, replaces, query_id, annotator)
             now = schema.utc_now()
             cursor = db.execute(
                 "INSERT INTO judgments (query_id, best, true_answer, reason, annotator, session_id, client_key, "
@@ -171,6 +192,9 @@ class JudgmentTables(StoreCore):
                 "INSERT INTO verdicts (judgment_id, query_id, backend, correct, created_at) VALUES (?, ?, ?, ?, ?)",
                 [(judgment_id, query_id, backend, score, now) for backend, score in sorted(clean.items())],
             )
+            if replaces is not None:
+                db.execute("UPDATE judgments SET replaced_by = ?, replaced_at = ? WHERE id = ?",
+                           [judgment_id, now, replaces])
             if session_id is not None and item_id is not None:
                 record_session_judgment(db, session_id, item_id, annotator, now)
             return max(1, len(clean))
@@ -180,7 +204,8 @@ class JudgmentTables(StoreCore):
     def judgment_rows(self, *, since: Any = None) -> Iterator[dict[str, Any]]:
         """Every judgment, one row per judged backend (a judgment with only ``best`` gives one row
         with backend None), with the query's question, the judged answer, ``blind``, ``anonymous``,
-        ``flag_reason`` and the guidelines version (``guidelines_version``, ``guidelines_scope``). For export."""
+        ``flag_reason``, the guidelines version (``guidelines_version``, ``guidelines_scope``) and, for a judgment
+        changed later, ``replaced_by`` / ``replaced_at`` (rows replaced are kept). For export."""
         return self._stream(_JUDGMENT_ROWS_SQL, {"since": normalize_since(since)}, _as_bools)
 
     def annotator_verdicts(self, *, session_id: str | None = None) -> list[dict[str, Any]]:

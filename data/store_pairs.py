@@ -109,6 +109,8 @@ def pair_parts(source: str | None, backends: Sequence[str] | None, since: Any, *
     parts = []
     if source in (None, "judgment"):
         where, params = _filters(names, since_iso)
+        # a judgment changed later (the Annotate tab's undo) is kept but no longer counts
+        where = (where + " AND" if where else "WHERE") + " judgment_id IN (SELECT id FROM judgments WHERE replaced_by IS NULL)"
         if scores_only:
             sql = _JUDGMENT_SCORES_SQL.format(where=where)
         else:

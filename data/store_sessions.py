@@ -7,6 +7,12 @@ held and judged and records the hand-out together, so concurrent annotators (thr
 never receive an item twice nor push an item past ``k``. A hand-out that is neither judged nor skipped
 holds a place among the item's ``k`` for ``hold_s`` seconds, then frees it for others.
 
+Resuming (a reload, tomorrow) reopens the item the annotator was on: their hand-out neither judged nor
+skipped. The items they skipped come back only after every item still to do, oldest skip first. Undo
+walks back through the items they judged (:meth:`SessionTables.judged_items`,
+:meth:`SessionTables.active_judgment`); a changed judgment replaces the old one (``replaces`` of
+:meth:`data.store.Store.record_judgment`).
+
 Guidelines (Markdown) belong to a session or a dataset; every change is a new version, and each
 judgment records the version (``judgments.guidelines_id``) it was made under.
 """
@@ -312,7 +318,40 @@ class SessionTables(StoreCore):
         ).fetchone())
         return None if row is None else row[0]
 
-    # ---------------------------------------------------------------- guidelines
+    def judged_items(self, session_id: str, annotator: str) -> list[str]:
+        """The items of a session ``annotator`` judged, in the order they first judged them (what Undo walks
+        back through)."""
+        session_id = check_required(session_id, "session_id", MAX_KEY_CHARS)
+        annotator = check_required(annotator, "annotator", MAX_ANNOTATOR_CHARS).strip()
+        return self._read(lambda db: [row[0] for row in db.execute(
+            "SELECT a.item_id FROM session_assignments a JOIN session_items i ON i.session_id = a.session_id "
+            "AND i.item_id = a.item_id WHERE a.session_id = ? AND a.annotator = ? AND a.done_at IS NOT NULL "
+            "ORDER BY a.done_at, i.position", [session_id, annotator],
+        )])
+
+    def active_judgment(self, session_id: str, annotator: str, item_id: str) -> dict[str, Any] | None:
+        """``annotator``'s judgment of a session item that is in force (the latest not replaced): id,
+        query_id, best, true_answer, reason, created_at and verdicts ``{backend: correct}``; None when
+        they have none."""
+        session_id = check_required(session_id, "session_id", MAX_KEY_CHARS)
+        annotator = check_required(annotator, "annotator", MAX_ANNOTATOR_CHARS).strip()
+        item_id = check_required(item_id, "item id", MAX_KEY_CHARS)
+
+        def read(db: Database) -> dict[str, Any] | None:
+            rows = list(db.query(
+                "SELECT j.id, j.query_id, j.best, j.true_answer, j.reason, j.created_at FROM judgments j "
+                "JOIN queries q ON q.id = j.query_id WHERE j.session_id = ? AND j.annotator = ? AND q.item_id = ? "
+                "AND j.replaced_by IS NULL ORDER BY j.id DESC LIMIT 1", [session_id, annotator, item_id],
+            ))
+            if not rows:
+                return None
+            found = rows[0]
+            found["verdicts"] = dict(db.execute(
+                "SELECT backend, correct FROM verdicts WHERE judgment_id = ? ORDER BY backend", [found["id"]]
+            ).fetchall())
+            return found
+
+        return self._read(read)
 
     def reorder_pending(self, session_id: str, item_ids: Sequence[str]) -> int:
         """Hand a session's pending items out in the order of ``item_ids`` from now on.
@@ -347,8 +386,8 @@ class SessionTables(StoreCore):
         return self._transact(write, what="session order")
 
     def session_item_verdicts(self, session_id: str) -> dict[str, dict[str, float]]:
-        """``{item_id: {backend: mean verdict}}`` over every judgment of a session's items (for the
-        Annotate queue's incremental retrain)."""
+        """``{item_id: {backend: mean verdict}}`` over every judgment (not replaced) of a session's items
+        (for the Annotate queue's incremental retrain)."""
         session_id = check_required(session_id, "session_id", MAX_KEY_CHARS)
 
         def read(db: Database) -> dict[str, dict[str, float]]:
@@ -356,12 +395,14 @@ class SessionTables(StoreCore):
             for item, backend, value in db.execute(
                 "SELECT q.item_id, v.backend, AVG(v.correct) FROM judgments j JOIN verdicts v ON v.judgment_id = j.id "
                 "JOIN queries q ON q.id = j.query_id WHERE q.session_id = ? AND q.item_id IS NOT NULL "
-                "AND v.correct IS NOT NULL GROUP BY q.item_id, v.backend", [session_id],
+                "AND v.correct IS NOT NULL AND j.replaced_by IS NULL GROUP BY q.item_id, v.backend", [session_id],
             ):
                 out.setdefault(str(item), {})[str(backend)] = float(value)
             return out
 
         return self._read(read)
+
+    # ---------------------------------------------------------------- guidelines
 
     def set_guidelines(self, scope: str, key: str, text: str) -> dict[str, Any]:
         """Record guidelines (Markdown) for a session (``scope="session"``, key its id) or a dataset (key its

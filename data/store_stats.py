@@ -53,7 +53,7 @@ class StatsTables(StoreCore):
                 params,
             ).fetchall()
             best = dict(db.execute(
-                "SELECT best, COUNT(*) FROM judgments WHERE best IS NOT NULL GROUP BY best"
+                "SELECT best, COUNT(*) FROM judgments WHERE best IS NOT NULL AND replaced_by IS NULL GROUP BY best"
             ).fetchall()) if source in (None, "judgment") else {}
             return {"grouped": grouped, "counts": count_rows(db), "best": best}
 
@@ -110,7 +110,7 @@ class StatsTables(StoreCore):
 
         def read(db: Database) -> list[tuple[str, str, float]]:
             judged = db.execute(
-                "SELECT query_id, best FROM judgments WHERE best IS NOT NULL "
+                "SELECT query_id, best FROM judgments WHERE best IS NOT NULL AND replaced_by IS NULL "
                 "AND (? IS NULL OR created_at >= ?) ORDER BY id",
                 [since_iso, since_iso],
             ).fetchall()
@@ -145,7 +145,7 @@ class StatsTables(StoreCore):
                 "SELECT j.id, j.query_id, j.best, j.annotator, j.blind, j.flag_reason, j.created_at, j.session_id, "
                 "COALESCE(q.category, d.category) AS category FROM judgments j JOIN queries q ON q.id = j.query_id "
                 "LEFT JOIN decisions d ON d.query_id = j.query_id "
-                "WHERE (:since IS NULL OR j.created_at >= :since) "
+                "WHERE (:since IS NULL OR j.created_at >= :since) AND j.replaced_by IS NULL "
                 "AND (:anon = 0 OR (j.blind = 1 AND j.flag_reason IS NULL)) ORDER BY j.id",
                 {"since": since_iso, "anon": int(bool(anonymous_only))},
             ):

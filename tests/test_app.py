@@ -185,10 +185,24 @@ def test_annotation_session_resumes_where_it_stopped(runtime) -> None:
     assert resumed.current != first
 
 
-def test_annotation_skip_brings_item_back_later() -> None:
-    state = AnnotationState(order=["a", "b", "c"], done={"b"}, current="a")
-    assert state.next_item(after="a") == "c"
-    assert state.next_item(after="c") == "a"
+def test_annotation_skip_brings_item_back_later(runtime) -> None:
+    view = AnnotateView(runtime)
+    spec = view.dataset_choices()[0][1]
+    _, _, state = view.start("bo", spec, None)
+    state = list(view.show(state))[-1][-1]
+    skipped = state.current
+    assert view.skip(state)[0].startswith("Skipped") and state.current != skipped
+    on = state.current
+    # a reload: resume reopens the item she was on, not the one she skipped
+    _, _, state = view.start("bo", spec, AnnotationState())
+    assert state.current == on
+    seen = []
+    while state.current is not None:
+        frame = list(view.show(state))[-1]
+        state = frame[-1]
+        seen.append(state.current)
+        view.save(state, *frame[3 + 3: 3 + 6], None, "", "")
+    assert seen[-1] == skipped and seen.count(skipped) == 1 and len(seen) == len(state.order)
 
 
 def test_stats_hold_no_server_paths(runtime, tmp_path) -> None:
