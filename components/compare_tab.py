@@ -236,9 +236,10 @@ class CompareView:
         result: CompareResult | None = None
         try:
             for item in pumped(events):
-                if item is None:
-                    yield self._outputs(state, notice=notice, labels=gr.skip(), running=True,
-                                        waiting=self._waiting(result, started))
+                if item is None:  # nothing new for a second: say what the question waits for, if anything
+                    if self.runtime.loading_line() or (result is None and time.monotonic() - started > 3):
+                        yield self._outputs(state, notice=notice, labels=gr.skip(), running=True,
+                                            waiting=self._waiting(result, started))
                     continue
                 event, payload = item
                 labels: Any = gr.skip()
@@ -270,7 +271,10 @@ class CompareView:
             state.routed_saving = saving.estimate(pick, self.costs, self.runtime.median_latencies(),
                                            answer.latency_s if answer else None)
         notices = " ".join([notice] * bool(notice) + [f"⚠️ {n}" for n in (result.notices if result else [])])
-        yield self._outputs(state, notice=notices, labels=gr.skip(), running=False)
+        guess = (state.decision or {}).get("category")
+        # the router's guess again with the last frame: streamed frames can be coalesced on the way
+        yield self._outputs(state, notice=notices, labels=gr.skip(), running=False,
+                            category=gr.update(value=guess if guess in CATEGORIES else None))
 
     def ask_others(self, state: QueryState | None) -> Iterator[list[Any]]:
         """Routed mode's "Ask the others too": the skipped backends answer the same query, side by side."""

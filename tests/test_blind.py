@@ -105,7 +105,7 @@ def test_blind_compare_hides_every_name_until_saved_then_reveals_them(runtime) -
     assert [f"data-backend='{panel_label(i)}'" in p for i, p in enumerate(panels)] == [True] * 3
     assert sum("rl-answer'>cat<" in p for p in panels) == 2 and sum("gave no answer" in p for p in panels) == 1
     assert "shown after you save" in final[2]
-    best = frames[0][-2]  # the best-answer radio, set with the first frame: labels only
+    best = frames[0][8]  # the best-answer radio (after notice, labels, card, chart, 3 panels, Save), set with the first frame
     assert [c[1] for c in best["choices"]][:3] == ["Model A", "Model B", "Model C"]
     assert not any(name in str(best["choices"]) for name in NAMES)
 
