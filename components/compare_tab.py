@@ -425,6 +425,13 @@ class CompareView:
                      concurrency_limit=self.runtime.config.max_concurrent_compares, show_progress="hidden")
         routed.change(lambda on: gr.update(value="Ask the router's pick" if on else "Ask every model"), routed,
                       inputs.run, queue=False, show_progress="hidden")
+        def warm(payload: Any) -> None:  # unprocessed: a bad file is reported next to the image, not as a toast
+            path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+            if path:
+                self.runtime.warm_image(str(path))
+
+        inputs.image.change(warm, inputs.image, None, preprocess=False, concurrency_id="warm", concurrency_limit=1,
+                            show_progress="hidden")
         changed = [inputs.labels, card.card, card.chart, *bodies, judge.submit, saved_line, others, state]
         for change in (inputs.question.change, inputs.image.change):
             change(self.input_changed, [inputs.labels, state], changed, queue=False, show_progress="hidden")

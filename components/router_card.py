@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from router.base import choose_by_utility, utility_matrix
+from router.base import choose_with_margin, utility_matrix
 
 
 @dataclass
@@ -30,7 +30,9 @@ def rerank(decision: dict[str, Any], costs: dict[str, float], lambda_cost: float
     probs = np.array([decision["probabilities"][n] for n in names])
     cost = np.array([costs.get(n, 0.0) for n in names])
     utilities = utility_matrix(probs, cost, lambda_cost)
-    index = int(choose_by_utility(utilities, cost))
+    default = decision.get("default_backend")
+    index = int(choose_with_margin(utilities, cost, names.index(default) if default in names else None,
+                                   float(decision.get("switch_margin") or 0.0)))
     return dict(
         decision,
         choice=names[index],

@@ -301,6 +301,15 @@ class Runtime:
             raise InputError(str(exc)) from exc
         return picture, clean, resolve_labels(clean, labels_text)
 
+    def warm_image(self, image: Any) -> None:
+        """Embed a just-uploaded image for the router while the person types the question: the decision
+        then pays only for the question. The image is decoded exactly as :meth:`prepare` will decode it
+        (the router's cache is keyed by pixels). Never raises: a bad image is reported at upload and Ask."""
+        try:
+            self.router.warm(load_image(image))
+        except Exception as exc:
+            log.debug("not warmed: %s", exc)
+
     def route(self, image: Image.Image, question: str, lambda_cost: float | None = None) -> dict[str, Any]:
         """The active router's decision (JSON) for a prepared image and question."""
         return self.router.decide(image, question, lambda_cost=lambda_cost)

@@ -78,10 +78,15 @@ class Decision:
     #: False when no measured router or prior stands behind the probabilities (the bare category rule):
     #: then ``to_json`` gives ``confidence`` and ``probabilities`` as null instead of invented numbers.
     measured: bool = True
+    #: The backend that keeps a question unless another's utility beats it by ``switch_margin``
+    #: (:func:`choose_with_margin`); the card's re-rank applies the same rule.
+    default_backend: str | None = None
+    switch_margin: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         measured = self.measured
-        return {
+        margin = {"default_backend": self.default_backend, "switch_margin": self.switch_margin} if self.switch_margin > 0 else {}
+        return margin | {
             "choice": self.choice,
             "confidence": round(float(self.confidence), 6) if measured else None,
             "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()} if measured else None,
@@ -136,6 +141,24 @@ def choose_by_utility(utilities: np.ndarray, costs: Sequence[float] | np.ndarray
     return np.argmax(adjusted, axis=1)
 
 
+def choose_with_margin(
+    utilities: np.ndarray, costs: Sequence[float] | np.ndarray, default_index: int | None, margin: float
+) -> np.ndarray | int:
+    """:func:`choose_by_utility`, except that the ``default_index`` backend (the best single backend on
+    the training rows) keeps the question unless another's utility beats its own by more than
+    ``margin``. A small predicted edge is mostly noise on data unlike the training rows; paying for it
+    with a switch is how a router ends up below the backend it was meant to improve on."""
+    index = choose_by_utility(utilities, costs)
+    if default_index is None or margin <= 0:
+        return index
+    util = np.asarray(utilities, dtype=np.float64)
+    if util.ndim == 1:
+        return int(default_index) if util[index] - util[default_index] <= margin else int(index)
+    rows = np.arange(util.shape[0])
+    keep = util[rows, index] - util[:, default_index] <= margin
+    return np.where(keep, int(default_index), index)
+
+
 class Router(ABC):
     """Base class of every router kind.
 
@@ -157,6 +180,7 @@ class Router(ABC):
         lambda_cost: float = 0.0,
         min_confidence: float | None = None,
         fallback_backend: str | None = None,
+        switch_margin: float = 0.0,
     ) -> None:
         backends = list(backends)
         if not backends:
@@ -171,6 +195,8 @@ class Router(ABC):
         self.lambda_cost = float(lambda_cost)
         self.min_confidence = min_confidence
         self.fallback_backend = fallback_backend or names[0]
+        #: Leave the fallback (best single) backend only for a utility edge above this (choose_with_margin).
+        self.switch_margin = max(0.0, float(switch_margin))
 
     # ------------------------------------------------------------------ for subclasses
     @property
@@ -204,7 +230,11 @@ class Router(ABC):
 
     def _choose(self, utilities: np.ndarray, scores: Scores) -> int:
         """Which backend to pick given the utilities; rule-based baselines override this."""
-        return int(choose_by_utility(utilities, self.costs))
+        return int(choose_with_margin(utilities, self.costs, self._default_index(), self.switch_margin))
+
+    def _default_index(self) -> int | None:
+        names = self.backend_names
+        return names.index(self.fallback_backend) if self.fallback_backend in names else None
 
     def choose_batch(
         self,
@@ -217,7 +247,12 @@ class Router(ABC):
         ``categories`` are the ones ``score_batch`` returned; rule-based kinds choose from them.
         """
         lam = self.lambda_cost if lambda_cost is None else float(lambda_cost)
-        return np.asarray(choose_by_utility(utility_matrix(probabilities, self.costs, lam), self.costs))
+        utilities = utility_matrix(probabilities, self.costs, lam)
+        return np.asarray(choose_with_margin(utilities, self.costs, self._default_index(), self.switch_margin))
+
+    def warm(self, image: ImageInput) -> None:  # noqa: B027 - an optional hook, not an abstract one
+        """Compute and cache what a decision about ``image`` needs before the question comes (kinds with
+        image features override it); never raises."""
 
     def clear_caches(self) -> None:  # noqa: B027 - an optional hook, not an abstract one
         """Forget cached features (kinds with caches override it; used for cold-latency timing)."""
@@ -281,6 +316,8 @@ class Router(ABC):
             fallback=fallback,
             note=note,
             measured=self.measured,
+            default_backend=self.fallback_backend if self.switch_margin > 0 else None,
+            switch_margin=self.switch_margin,
         )
 
     def describe(self) -> dict[str, Any]:

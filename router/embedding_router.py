@@ -185,6 +185,15 @@ class EmbeddingRouter(Router):
             raise box["error"]
         return text, box["image"]
 
+    def warm(self, image: ImageInput) -> None:
+        """Embed the image now (cached by content), so the decision pays only the question's part."""
+        if image is None or self.extractor.config.text_only or self.extractor.image_features is None:
+            return
+        try:
+            self.extractor.image_vector(image)
+        except Exception:  # the decision itself will say what is wrong with the image
+            return
+
     def _score(self, image: ImageInput, question: str, **context: Any) -> Scores:
         text, image_vec = self._encode(image, question)
         feats = self.extractor.assemble(text, image_vec)
@@ -233,6 +242,7 @@ class EmbeddingRouter(Router):
             lambda_cost=self.lambda_cost,
             min_confidence=self.min_confidence,
             fallback_backend=fallback,
+            switch_margin=self.switch_margin if fallback == self.fallback_backend else 0.0,
         )
 
     def with_costs(self, backends: Sequence[BackendChoice]) -> EmbeddingRouter:

@@ -134,6 +134,13 @@ class RouterService:
             decision["fallback"] = warning
         return decision
 
+    def warm(self, image: Any) -> None:
+        """Let the active router embed an image before its question comes (see :meth:`Router.warm`)."""
+        with self._lock:
+            router = self._router
+        if router is not None:
+            router.warm(image)
+
     def _avoid_failed(self, decision: dict[str, Any]) -> dict[str, Any]:
         failed = set(self._failed_backends())
         if decision["choice"] not in failed:

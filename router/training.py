@@ -65,6 +65,9 @@ class TrainConfig:
     #: Weight the prior and its calibration so every origin of the data (each pairs file or bootstrap set,
     #: people's judgments) counts the same (PairTable.origin_weights).
     balance_origins: bool = True
+    #: Fit how large a predicted edge must be to leave the best single backend (router.margin), on
+    #: out-of-fold rows; off: always the highest utility.
+    switch_margin: bool = True
     threads: int | None = None  # torch intra-op threads during training; None leaves torch's default
 
     def to_json(self) -> dict[str, Any]:
@@ -319,6 +322,16 @@ def train_router(
             text_dim=extractor.config.text_dim, image_dim=0 if extractor.config.text_only else extractor.config.image_dim,
             seed=config.seed, row_weights=table.origin_weights(calib_rows) if config.balance_origins else None,
         )
+    margin_fit: dict[str, Any] = {"rule": "off"}
+    if config.switch_margin and best_single in [b.name for b in chosen]:
+        from router.margin import fit_switch_margin
+
+        oof = calibrator.transform(calib_logits)
+        router.switch_margin, margin_fit = fit_switch_margin(
+            oof, correct[calib_rows], router.costs, [b.name for b in chosen].index(best_single),
+            lambda_cost=config.lambda_cost,
+            row_weights=table.origin_weights(calib_rows) if config.balance_origins else None,
+        )
     router.card = {
         "format": 1,
         "version": version,
@@ -331,6 +344,8 @@ def train_router(
         "categories": list(CATEGORIES),
         "category_head": fit.heads.category_w is not None,
         "fallback_backend": best_single,
+        "switch_margin": router.switch_margin,
+        "switch_margin_fit": margin_fit,
         "lambda_cost": config.lambda_cost,
         "priors": priors.to_json(),
         "data": {

@@ -195,6 +195,7 @@ def load_router(
         version=str(card.get("version", directory.name)),
         lambda_cost=float(card.get("lambda_cost", 0.0)) if lambda_cost is None else float(lambda_cost),
         fallback_backend=fallback,
+        switch_margin=float(card.get("switch_margin") or 0.0) if fallback else 0.0,
     )
     if backends is not None:
         shared = [b.name for b in backends if b.name in names]

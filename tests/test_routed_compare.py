@@ -212,3 +212,13 @@ def test_panel_captions_are_plain_words_with_the_details_on_hover() -> None:
     plain = BackendInfo(name="eff", family="offline_vision", kind="vlm", model_id="eff", status="ready",
                         quantization="none (float32)", device="cuda")
     assert "full precision (not 4-bit) · on the GPU" in caption(plain)
+
+
+def test_the_uploaded_image_is_warmed_with_the_pixels_the_question_will_use(runtime) -> None:
+    seen = []
+    runtime.router.warm = seen.append  # records what the router is asked to embed
+    runtime.warm_image(CAT)
+    picture = runtime.prepare(CAT, "what is this?", "")[0]
+    assert len(seen) == 1 and seen[0].tobytes() == picture.tobytes() and seen[0].size == picture.size
+    runtime.warm_image("/no/such/photo.jpg")  # a bad upload: nothing warmed, nothing raised
+    assert len(seen) == 1

@@ -217,3 +217,48 @@ def test_a_decision_embeds_the_image_beside_the_question_and_hands_back_its_erro
     router.clear_caches()
     decision = router.decide(str(tmp_path / "images" / "img4.png"), "what color is the cup?")
     assert decision.fallback and "embedder exploded" in decision.fallback
+
+
+def test_the_switch_margin_is_fitted_saved_and_loaded(tmp_path: Path) -> None:
+    from router.versions import load_router, save_router
+
+    rows = make_pairs(80, seed=2)
+    table, _ = build_table(pairs=[write_jsonl(rows, tmp_path / "pairs.jsonl")], backends=[b.name for b in BACKENDS])
+    router = train_router(table, BACKENDS, config=TrainConfig(timing_sample=0), text_encoder=HashingTextEncoder()).router
+    fit = router.card["switch_margin_fit"]
+    assert "out-of-fold" in fit["rule"] and fit["queries"] >= 20
+    assert router.card["switch_margin"] == router.switch_margin and router.switch_margin >= 0.0
+    router.switch_margin = 0.05  # whatever was fitted: what is saved is what comes back
+    router.card["switch_margin"] = 0.05
+    save_router(router, tmp_path / "v")
+    loaded = load_router(tmp_path / "v", text_encoder=HashingTextEncoder())
+    assert loaded.switch_margin == 0.05
+    decision = loaded.decide(None, "how many cups are there?").to_json()
+    assert decision["switch_margin"] == 0.05 and decision["default_backend"] == router.fallback_backend
+    off = train_router(table, BACKENDS, config=TrainConfig(timing_sample=0, switch_margin=False),
+                       text_encoder=HashingTextEncoder()).router
+    assert off.switch_margin == 0.0 and "switch_margin" not in off.decide(None, "how many?").to_json()
+
+
+def test_an_image_embedded_at_upload_is_not_embedded_again_by_the_decision(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rows = make_pairs(60, seed=1, image_dir=tmp_path / "images")
+    table, _ = build_table(pairs=[write_jsonl(rows, tmp_path / "pairs.jsonl")], backends=[b.name for b in BACKENDS])
+    calls: list[int] = []
+
+    def counting_histogram(image):
+        calls.append(1)
+        return colour_histogram(image)
+
+    router = train_router(table, BACKENDS, config=TrainConfig(timing_sample=0), text_encoder=HashingTextEncoder(),
+                          image_embedder=counting_histogram, image_embedder_name="colour-histogram").router
+    with Image.open(tmp_path / "images" / "img5.png") as handle:
+        picture = handle.convert("RGB")
+    router.clear_caches()
+    calls.clear()
+    router.warm(picture)
+    assert len(calls) == 1
+    router.decide(picture, "what color is the cup?")
+    assert len(calls) == 1, "the decision embedded the warmed image again"
+    router.warm("/no/such/file.png")  # never raises: the decision reports a bad image
