@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +67,10 @@ class QueryState:
         return {name: panel_label(i) for i, name in enumerate(self.order)} if self.blind else {}
 
 
-def pumped(events: Iterator[Any], *, every_s: float = 1.0) -> Iterator[Any]:
-    """The items of ``events``, iterated on a worker thread, with a ``None`` every ``every_s`` seconds
-    that nothing new came: a handler can then say what it is still waiting for (a model loading, a
-    free slot) instead of sitting silent. Exceptions of ``events`` are raised here."""
+def pumped(events: Iterator[Any], *, every_s: float = 1.0, pool: Executor | None = None) -> Iterator[Any]:
+    """The items of ``events``, iterated on a worker thread (of ``pool``, else a new one), with a ``None``
+    every ``every_s`` seconds that nothing new came: a handler can then say what it is still waiting for
+    (a model loading, a free slot) instead of sitting silent. Exceptions of ``events`` are raised here."""
     items: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def work() -> None:
@@ -81,7 +82,10 @@ def pumped(events: Iterator[Any], *, every_s: float = 1.0) -> Iterator[Any]:
         finally:
             items.put(("end", None))
 
-    threading.Thread(target=work, name="compare-stream", daemon=True).start()
+    if pool is not None:
+        pool.submit(work)
+    else:
+        threading.Thread(target=work, name="compare-stream", daemon=True).start()
     while True:
         try:
             kind, item = items.get(timeout=every_s)
@@ -235,7 +239,7 @@ class CompareView:
         events = self.runtime.compare(image, question, typed, lambda_cost=lambda_cost, only_pick=routed)
         result: CompareResult | None = None
         try:
-            for item in pumped(events):
+            for item in pumped(events, pool=self.runtime.stream_pool):
                 if item is None:  # nothing new for a second: say what the question waits for, if anything
                     if self.runtime.loading_line() or (result is None and time.monotonic() - started > 3):
                         yield self._outputs(state, notice=notice, labels=gr.skip(), running=True,
@@ -283,7 +287,7 @@ class CompareView:
                                 labels=gr.skip(), running=False)
             return
         started = time.monotonic()
-        for answer in pumped(self.runtime.answer_others(state.result)):
+        for answer in pumped(self.runtime.answer_others(state.result), pool=self.runtime.stream_pool):
             if answer is not None:
                 state.answers[answer.backend] = answer
             yield self._outputs(state, notice="", labels=gr.skip(), running=True, waiting=self._waiting(state.result, started))
@@ -343,8 +347,8 @@ class CompareView:
         if not state or not state.query_id:
             return self._saved(gr.update(value="⚠️ Ask a question first; there is nothing to judge yet."), state)
         verdicts = answer_grid.verdicts_from(verdict_values, self.order(state))
-        unasked = sorted(name for name in verdicts if name not in state.answers)
-        verdicts = {name: value for name, value in verdicts.items() if name in state.answers}
+        unasked = sorted(name for name in verdicts if name in state.skipped)
+        verdicts = {name: value for name, value in verdicts.items() if name not in state.skipped}
         best_name = self.best_backend(state, best)
         if best_name in state.skipped:
             return self._saved(f"⚠️ {best_name} was not asked this question; press **Ask the others too** first, "

@@ -13,6 +13,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,11 @@ class Runtime:
         )
         self.runner = BackendRunner(self.backends)
         self._compare_slots = threading.BoundedSemaphore(max(1, config.max_concurrent_compares))
+        #: Threads that drive a page's question while its handler reports what it waits for
+        #: (components.compare_tab.pumped). A pool, not a thread per question: each thread keeps its own
+        #: SQLite connection, and one per question would pile up connections for the life of the app.
+        self.stream_pool = ThreadPoolExecutor(max_workers=max(2, 4 * config.max_concurrent_compares),
+                                              thread_name_prefix="compare-stream")
         self.store, self.store_notice = self._open_store()
         self.router = RouterService(
             backends=lambda: choices_from_backends(self.backends),
@@ -513,6 +519,7 @@ class Runtime:
         if self.bootstrap is not None:
             self.bootstrap.stop()
         self.runner.close()
+        self.stream_pool.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
             self.store.close()
 

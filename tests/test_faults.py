@@ -137,7 +137,19 @@ def _read_only(rt: Runtime) -> None:
 
 
 def _query_only(rt: Runtime) -> None:
-    rt.store._db().conn.execute("PRAGMA query_only = ON")  # this thread's connection: SQLite refuses writes
+    """SQLite refuses writes on every connection of the store, those of worker threads (and any opened
+    later) too: the page answers a question on a pool thread with its own connection."""
+    rt.store._db()
+    for db in list(rt.store._connections):
+        db.conn.execute("PRAGMA query_only = ON")
+    connect = rt.store._connect
+
+    def read_only_connect():
+        db = connect()
+        db.conn.execute("PRAGMA query_only = ON")
+        return db
+
+    rt.store._connect = read_only_connect
 
 
 def _disk_full(rt: Runtime) -> None:

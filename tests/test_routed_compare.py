@@ -222,3 +222,11 @@ def test_the_uploaded_image_is_warmed_with_the_pixels_the_question_will_use(runt
     assert len(seen) == 1 and seen[0].tobytes() == picture.tobytes() and seen[0].size == picture.size
     runtime.warm_image("/no/such/photo.jpg")  # a bad upload: nothing warmed, nothing raised
     assert len(seen) == 1
+
+
+def test_questions_reuse_the_stream_threads_and_their_database_connections(runtime) -> None:
+    view = CompareView(runtime)
+    for i in range(12):
+        list(view.ask(CAT, f"question number {i}?", "", 0.0, QueryState()))
+    workers = runtime.stream_pool._max_workers
+    assert len(runtime.store._connections) <= workers + 8, "a connection per question piles up for the app's life"
