@@ -32,9 +32,13 @@ FINAL = ["correct", "wrong"]
 FINAL_VALUES = {"correct": 1.0, "wrong": 0.0}
 
 
-def ratings_figure(battles: Sequence[Battle], names: Sequence[str], title: str, *, rounds: int = 100):
-    """Bradley-Terry ratings with 95% bootstrap intervals, best first (one marker per backend)."""
+def ratings_figure(battles: Sequence[Battle], names: Sequence[str], title: str, *, rounds: int = 100,
+                   note: str | None = None):
+    """Bradley-Terry ratings with 95% bootstrap intervals, best first (one marker per backend); ``note``
+    is the title's smaller second line (a half-width chart cuts a long one-line title off)."""
     import plotly.graph_objects as go
+
+    from components.figures import titled
 
     if not battles:
         return _empty("No votes here yet.")
@@ -49,8 +53,12 @@ def ratings_figure(battles: Sequence[Battle], names: Sequence[str], title: str, 
             hovertemplate="%{y}: %{x:.0f} (%{customdata} comparisons)<extra></extra>",
         )
     )
-    figure.update_layout(title=title, height=120 + 40 * len(ratings), yaxis=dict(autorange="reversed"),
-                         margin=dict(l=10, r=10, t=40, b=10))
+    low = min(r.low for r in ratings) if ratings else 1000.0
+    high = max(r.high for r in ratings) if ratings else 1000.0
+    pad = max(10.0, (50.0 - (high - low)) / 2)  # whole rating points, never a 999 / 999.5 / 1000 axis
+    figure.update_layout(title=titled(title, note), height=130 + 40 * len(ratings), yaxis=dict(autorange="reversed"),
+                         xaxis=dict(range=[low - pad, high + pad], tickformat=".0f", title="rating (1000 = average)"),
+                         margin=dict(l=10, r=10, t=60 if note else 40, b=10))
     return figure
 
 
@@ -58,11 +66,12 @@ def headline_ratings_figure(store: Any, names: Sequence[str]):
     """The Leaderboard's rating figure: fair votes, or every vote while none is blind (the title says which)."""
     fair = store.battles(anonymous_only=True)
     if fair:
-        return ratings_figure(fair, names, f"Bradley-Terry rating from {len(fair)} fair votes (blind; 95% bootstrap CI)")
+        return ratings_figure(fair, names, "Bradley-Terry rating", note=f"{len(fair)} fair votes (blind), 95% bootstrap CI")
     every = store.battles()
     if not every:
         return _empty("No judgments yet: judge some answers in Compare or Annotate.")
-    return ratings_figure(every, names, f"Bradley-Terry rating from all {len(every)} votes, none blind yet (95% bootstrap CI)")
+    return ratings_figure(every, names, "Bradley-Terry rating",
+                          note=f"all {len(every)} votes, none blind yet; 95% bootstrap CI")
 
 
 def ratings_rows(battles: Sequence[Battle], names: Sequence[str]) -> list[list[Any]]:

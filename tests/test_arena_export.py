@@ -167,3 +167,13 @@ def test_ratings_per_category_and_the_all_votes_toggle(tmp_path) -> None:
         assert refreshed[5]["choices"] == ["all categories", "object", "reasoning"]
     finally:
         rt.close()
+
+
+def test_the_rating_chart_has_a_short_title_and_whole_number_ticks(store) -> None:
+    qid = add_query(store, 2)
+    store.record_judgment(query_id=qid, verdicts={"alpha": 1, "beta": 1}, best="tie", annotator="ana")
+    figure = headline_ratings_figure(store, NAMES)
+    headline = figure.layout.title.text.split("<br>")[0]
+    assert headline == "Bradley-Terry rating", "a long one-line title is cut off on a half-width chart"
+    low, high = figure.layout.xaxis.range
+    assert high - low >= 50 and figure.layout.xaxis.tickformat == ".0f"  # never a 999 / 999.5 / 1000 axis
