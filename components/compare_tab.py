@@ -143,13 +143,14 @@ class CompareView:
             for name in order
         ]
 
-    def render_card(self, state: QueryState, *, waiting: str = "") -> list[Any]:
+    def render_card(self, state: QueryState, *, waiting: str = "", status: str = "") -> list[Any]:
         """The router card and chart; hidden while a blind query is judged."""
         if state.hidden:
             return [router_card.render_card(None, {}, waiting="Blind: the router's pick is shown after you save."),
                     router_card.render_chart(None, {})]
         kinds = self._kinds()
-        return [router_card.render_card(state.decision, kinds, waiting=waiting), router_card.render_chart(state.decision, kinds)]
+        return [router_card.render_card(state.decision, kinds, waiting=waiting, status=status),
+                router_card.render_chart(state.decision, kinds)]
 
     def best_update(self, state: QueryState, value: Any = None) -> Any:
         """The best-answer choices for this query: backend names, or the blind labels (named once revealed)."""
@@ -188,10 +189,12 @@ class CompareView:
                  best: Any = None, category: Any = None) -> list[Any]:
         """ask()'s outputs: notice, labels, card, chart, panels, Save, best answer, saving, "others" button,
         task category, state."""
+        loading = self.runtime.loading_line() if running and state.decision else None
+        status = f"{loading}; the answers follow as each model is ready." if loading else ""
         return [
             notice,
             labels,
-            *self.render_card(state, waiting=waiting),
+            *self.render_card(state, waiting=waiting, status=status),
             *self.render_panels(state, running=running),
             gr.update(interactive=bool(state.query_id) and not running),
             gr.skip() if best is None else best,
@@ -417,10 +420,12 @@ class CompareView:
         reset = [*verdicts, judge.best, judge.true_answer, judge.reason, judge.status]
 
         def clear_judgment() -> list[Any]:
-            return [None] * len(verdicts) + [None, "", "", ""]
+            # the card says at once what the question will wait for, before the queue starts it
+            waiting = self.runtime.loading_line() or "Sending your question…"
+            return [None] * len(verdicts) + [None, "", "", "", router_card.render_card(None, {}, waiting=waiting)]
 
         for trigger in (inputs.run.click, inputs.question.submit):
-            trigger(clear_judgment, None, reset, queue=False).then(
+            trigger(clear_judgment, None, [*reset, card.card], queue=False).then(
                 self.ask, [inputs.image, inputs.question, inputs.labels, card.lambda_cost, state, blind, routed],
                 outputs, concurrency_id="compare", concurrency_limit=self.runtime.config.max_concurrent_compares,
                 show_progress="hidden",

@@ -42,7 +42,9 @@ def rerank(decision: dict[str, Any], costs: dict[str, float], lambda_cost: float
     )
 
 
-def render_card(decision: dict[str, Any] | None, kinds: dict[str, str], *, waiting: str = "") -> str:
+def render_card(decision: dict[str, Any] | None, kinds: dict[str, str], *, waiting: str = "", status: str = "") -> str:
+    """The card: the pick, or ``waiting`` (what the question waits for) before there is one. ``status``:
+    a line under the pick while the answers still wait for something (models loading)."""
     if not decision:
         text = html.escape(waiting or "Ask a question: the router's pick appears here before the answers.")
         return f"<div class='rl-card' id='router-card'><div class='rl-route-meta'>{text}</div></div>"
@@ -60,6 +62,9 @@ def render_card(decision: dict[str, Any] | None, kinds: dict[str, str], *, waiti
     extra = f"<div class='rl-notice'>{html.escape(str(fallback))}</div>" if fallback else ""
     if note:
         extra += f"<div class='rl-route-meta rl-note' id='router-note'>{html.escape(str(note))}</div>"
+    if status:
+        extra += (f"<div class='rl-wait rl-route-meta' id='router-waiting'><div class='rl-spinner'></div>"
+                  f"{html.escape(status)}</div>")
     return (
         "<div class='rl-card' id='router-card'>"
         "<div class='rl-route-meta'>Router pick</div>"

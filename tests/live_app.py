@@ -57,9 +57,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def models_loaded(db_path: Path) -> bool:
+    """The app launched on ``db_path`` has loaded every backend and its router (its log says so)."""
+    return "router:" in (db_path.parent / "app.log").read_text().lower()
+
+
+def wait_for_models(db_path: Path, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not models_loaded(db_path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the models did not load in {timeout_s} s")
+        time.sleep(1)
+
+
 @contextmanager
-def launched_app(db_path: Path, *, preset: str = "offline", extra: list[str] | None = None, timeout_s: float = 600) -> Iterator[str]:
-    """Yield the app's URL once it answers HTTP and every backend has finished loading."""
+def launched_app(db_path: Path, *, preset: str = "offline", extra: list[str] | None = None, timeout_s: float = 600,
+                 wait_for_models_to_load: bool = True) -> Iterator[str]:
+    """Yield the app's URL once it answers HTTP and (unless told not to) every backend has finished loading."""
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     log_path = db_path.parent / "app.log"
@@ -81,7 +95,7 @@ def launched_app(db_path: Path, *, preset: str = "offline", extra: list[str] | N
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the app did not start in {timeout_s} s:\n{log_path.read_text()[-3000:]}") from None
                 time.sleep(1)
-        while "router:" not in log_path.read_text().lower() and time.monotonic() < deadline:
+        while wait_for_models_to_load and "router:" not in log_path.read_text().lower() and time.monotonic() < deadline:
             time.sleep(1)
         yield url
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, launched_app
+from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, launched_app, models_loaded, wait_for_models
 
 CAT = ROOT / "data" / "examples" / "chelsea.jpg"
 SCREENSHOTS = ROOT / "screenshots"
@@ -23,7 +23,8 @@ def app_url(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (make test installs it)")
     folder = tmp_path_factory.mktemp("live-blind")
-    with launched_app(folder / "routelens.sqlite") as url:
+    # not waiting for the models: the first test asks while they load
+    with launched_app(folder / "routelens.sqlite", wait_for_models_to_load=False) as url:
         yield url, folder / "routelens.sqlite"
 
 
@@ -35,10 +36,38 @@ def _rows(db_path: Path, sql: str, params=()) -> list[tuple]:
         raw.close()
 
 
+def test_a_question_asked_while_the_models_load_says_what_it_waits_for(app_url) -> None:
+    """From the first second, the card says the question waits for models that are still loading (and
+    which), instead of the idle "Ask a question" text; the answers come once they are loaded."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, db_path = app_url
+    SCREENSHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_selector("#run", timeout=60_000)
+        page.set_input_files("#image input[type=file]", str(CAT))
+        page.fill("#question textarea", "What animal is this?")
+        if models_loaded(db_path):
+            browser.close()
+            pytest.skip("every model had loaded before the page could ask (nothing left to wait for)")
+        page.click("#run")
+        expect(page.locator("#router-card")).to_contain_text("Waiting for the models to load", timeout=10_000)
+        expect(page.locator("#router-card")).not_to_contain_text("Ask a question")
+        page.screenshot(path=str(SCREENSHOTS / "compare-while-loading.png"))
+        wait_for_models(db_path)
+        expect(page.locator(".rl-panel .rl-answer")).to_have_count(2, timeout=240_000)
+        expect(page.locator("#router-waiting")).to_have_count(0)
+        browser.close()
+
+
 def test_blind_compare_hides_the_names_until_the_judgment_is_saved(app_url) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     url, db_path = app_url
+    wait_for_models(db_path)
     SCREENSHOTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -105,6 +134,7 @@ def test_a_three_annotator_session_judged_in_two_browser_contexts(app_url) -> No
     from data.store import Store
 
     url, db_path = app_url
+    wait_for_models(db_path)
     SCREENSHOTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -160,6 +160,11 @@ def test_the_card_says_what_a_question_waits_for_while_models_load(tmp_path) -> 
     rt = Runtime(AppConfig(db_path=tmp_path / "db.sqlite"), preset=preset, backends=[EchoBackend("clip")])
     try:
         assert "0 of 1 models ready" in rt.loading_line() and "loading clip" in rt.loading_line()
+        # a question asked now: once the pick is known, the card says the answer waits for the model
+        frames = list(CompareView(rt).ask(CAT, "what is this?", "", 0.0, QueryState()))
+        cards = [f[2] for f in frames if "router-waiting" in f[2]]
+        assert cards and "Waiting for the models to load" in cards[0], [f[2][:200] for f in frames]
+        assert "router-waiting" not in frames[-1][2]  # gone once the answers are in
         rt.start_loading()
         assert rt.wait_until_loaded(60)
         assert rt.loading_line() is None
