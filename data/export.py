@@ -105,14 +105,7 @@ def export_all(store: Store, fmt: str, folder: str | os.PathLike[str]) -> Path:
     else:
         written = export(store, fmt, staging)
     archive = folder / f"routelens-{fmt}.zip"
-    tmp = _atomic(archive)
-    try:
-        with zipfile.ZipFile(tmp, "x", compression=zipfile.ZIP_DEFLATED) as bundle:
-            for path, _count in written.values():
-                bundle.write(path, arcname=path.name)
-        _finish(tmp, archive)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _zip(written, archive)
     return archive
 
 
@@ -152,14 +145,7 @@ def export_download(store: Store, fmt: str, tables: str, folder: str | os.PathLi
         what = "judged answers (one row per backend judged)" if tables == "judgments" else "performance pairs"
         return Download(path, f"{path.name}: {count:,} {what}", rows)
     archive = folder / f"routelens-judgments-and-pairs-{fmt}.zip"
-    tmp = _atomic(archive)
-    try:
-        with zipfile.ZipFile(tmp, "x", compression=zipfile.ZIP_DEFLATED) as bundle:
-            for path, _count in written.values():
-                bundle.write(path, arcname=path.name)
-        _finish(tmp, archive)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _zip(written, archive)
     label = (f"{archive.name}: a zip, because it holds two tables: judgments.{fmt} ({rows['judgments']:,} rows) "
              f"and pairs.{fmt} ({rows['pairs']:,} rows)")
     return Download(archive, label, rows)
@@ -269,3 +255,15 @@ def _write_parquet(rows: Iterator[dict[str, Any]], columns: tuple[str, ...], pat
     finally:
         tmp.unlink(missing_ok=True)
     return count
+
+
+def _zip(written: dict[str, tuple[Path, int]], archive: Path) -> None:
+    """The written files in one zip, by their names, written atomically."""
+    tmp = _atomic(archive)
+    try:
+        with zipfile.ZipFile(tmp, "x", compression=zipfile.ZIP_DEFLATED) as bundle:
+            for path, _count in written.values():
+                bundle.write(path, arcname=path.name)
+        _finish(tmp, archive)
+    finally:
+        tmp.unlink(missing_ok=True)

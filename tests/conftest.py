@@ -15,12 +15,22 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def offline_app(tmp_path_factory):
+def offline_app_launching(tmp_path_factory):
     """One launched app on the offline preset, shared by every browser test that can live with the others'
-    judgments in its database: ``(url, db_path)``. Launching the offline preset costs half a minute, so
-    the page tests share it instead of each starting their own."""
+    judgments in its database: ``(url, db_path)``, yielded as soon as the page answers, while the models may
+    still load. Launching the offline preset costs a minute, so the page tests share it instead of each
+    starting their own. ``tests/test_a_question_while_loading.py`` (first in file order) asks while it loads."""
     from tests.live_app import launched_app
 
     folder = tmp_path_factory.mktemp("live-shared")
-    with launched_app(folder / "routelens.sqlite") as url:
+    with launched_app(folder / "routelens.sqlite", wait_for_models_to_load=False) as url:
         yield url, folder / "routelens.sqlite"
+
+
+@pytest.fixture(scope="session")
+def offline_app(offline_app_launching):
+    """The shared offline app once every backend and the router have loaded: ``(url, db_path)``."""
+    from tests.live_app import wait_for_models
+
+    wait_for_models(offline_app_launching[1])
+    return offline_app_launching

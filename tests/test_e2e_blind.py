@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, launched_app, models_loaded, wait_for_models
+from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT
 
 CAT = ROOT / "data" / "examples" / "chelsea.jpg"
 SCREENSHOTS = ROOT / "screenshots"
@@ -19,13 +19,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def app_url(offline_app):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (make test installs it)")
-    folder = tmp_path_factory.mktemp("live-blind")
-    # not waiting for the models: the first test asks while they load
-    with launched_app(folder / "routelens.sqlite", wait_for_models_to_load=False) as url:
-        yield url, folder / "routelens.sqlite"
+    return offline_app
 
 
 def _rows(db_path: Path, sql: str, params=()) -> list[tuple]:
@@ -36,38 +33,10 @@ def _rows(db_path: Path, sql: str, params=()) -> list[tuple]:
         raw.close()
 
 
-def test_a_question_asked_while_the_models_load_says_what_it_waits_for(app_url) -> None:
-    """From the first second, the card says the question waits for models that are still loading (and
-    which), instead of the idle "Ask a question" text; the answers come once they are loaded."""
-    from playwright.sync_api import expect, sync_playwright
-
-    url, db_path = app_url
-    SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.goto(url, wait_until="domcontentloaded")
-        page.wait_for_selector("#run", timeout=60_000)
-        page.set_input_files("#image input[type=file]", str(CAT))
-        page.fill("#question textarea", "What animal is this?")
-        if models_loaded(db_path):
-            browser.close()
-            pytest.skip("every model had loaded before the page could ask (nothing left to wait for)")
-        page.click("#run")
-        expect(page.locator("#router-card")).to_contain_text("Waiting for the models to load", timeout=10_000)
-        expect(page.locator("#router-card")).not_to_contain_text("Ask a question")
-        page.screenshot(path=str(SCREENSHOTS / "compare-while-loading.png"))
-        wait_for_models(db_path)
-        expect(page.locator(".rl-panel .rl-answer")).to_have_count(2, timeout=240_000)
-        expect(page.locator("#router-waiting")).to_have_count(0)
-        browser.close()
-
-
 def test_blind_compare_hides_the_names_until_the_judgment_is_saved(app_url) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     url, db_path = app_url
-    wait_for_models(db_path)
     SCREENSHOTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -134,7 +103,6 @@ def test_a_three_annotator_session_judged_in_two_browser_contexts(app_url) -> No
     from data.store import Store
 
     url, db_path = app_url
-    wait_for_models(db_path)
     SCREENSHOTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -174,8 +142,9 @@ def test_a_three_annotator_session_judged_in_two_browser_contexts(app_url) -> No
             ben_context.close()
         finally:
             browser.close()
+    # the database is shared with the other page tests: only ana's and ben's judgments are this test's
     rows = _rows(db_path, "SELECT j.annotator, j.query_id, j.blind, j.guidelines_id, s.k FROM judgments j "
-                          "JOIN sessions s ON s.id = j.session_id ORDER BY j.id")
+                          "JOIN sessions s ON s.id = j.session_id WHERE j.annotator IN ('ana', 'ben') ORDER BY j.id")
     assert [(r[0], r[2], r[4]) for r in rows] == [("ana", 1, 3), ("ben", 1, 3)]
     assert rows[0][1] == rows[1][1] and rows[0][3] == rows[1][3] is not None  # one query, one guidelines version
     with Store.open(db_path, read_only=True) as store:

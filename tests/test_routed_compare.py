@@ -19,8 +19,9 @@ CAT = str(Path(__file__).resolve().parent.parent / "data" / "examples" / "chelse
 NAMES = ["clip", "llava", "broken"]
 
 
-@pytest.fixture()
-def runtime(tmp_path):
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("routed")
     preset = parse_preset(
         {"name": "doubles", "backends": [{"name": "clip", "family": "open_clip"}, {"name": "llava", "family": "hf_vision"}]},
         "test",
@@ -222,11 +223,14 @@ def test_panel_captions_are_plain_words_with_the_details_on_hover() -> None:
 def test_the_uploaded_image_is_warmed_with_the_pixels_the_question_will_use(runtime) -> None:
     seen = []
     runtime.router.warm = seen.append  # records what the router is asked to embed
-    runtime.warm_image(CAT)
-    picture = runtime.prepare(CAT, "what is this?", "")[0]
-    assert len(seen) == 1 and seen[0].tobytes() == picture.tobytes() and seen[0].size == picture.size
-    runtime.warm_image("/no/such/photo.jpg")  # a bad upload: nothing warmed, nothing raised
-    assert len(seen) == 1
+    try:
+        runtime.warm_image(CAT)
+        picture = runtime.prepare(CAT, "what is this?", "")[0]
+        assert len(seen) == 1 and seen[0].tobytes() == picture.tobytes() and seen[0].size == picture.size
+        runtime.warm_image("/no/such/photo.jpg")  # a bad upload: nothing warmed, nothing raised
+        assert len(seen) == 1
+    finally:
+        del runtime.router.warm
 
 
 def test_questions_reuse_the_stream_threads_and_their_database_connections(runtime) -> None:

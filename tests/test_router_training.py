@@ -184,81 +184,83 @@ def test_backend_without_data_is_left_out(tmp_path: Path) -> None:
     assert result.router.backend_names == ["clip", "llava", "slow"]
 
 
-def test_a_decision_embeds_the_image_beside_the_question_and_hands_back_its_errors(tmp_path: Path) -> None:
-    """The image features are computed on their own thread while the question is encoded (a cold
-    decision waits for the slower encoder, not the sum); the features are the same as computed one
-    after the other, and an embedder that fails makes the decision fall back, never raise."""
+@pytest.fixture(scope="module")
+def image_router(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A router on image features whose embedder records the thread it runs on (and can be told to fail)."""
     import threading
 
-    import numpy as np
+    folder = tmp_path_factory.mktemp("image-pairs")
+    rows = make_pairs(60, seed=1, image_dir=folder / "images")
+    table, _ = build_table(pairs=[write_jsonl(rows, folder / "pairs.jsonl")], backends=[b.name for b in BACKENDS])
+    hooks: dict = {"threads": [], "fail": False}
 
-    rows = make_pairs(60, seed=1, image_dir=tmp_path / "images")
-    table, _ = build_table(pairs=[write_jsonl(rows, tmp_path / "pairs.jsonl")], backends=[b.name for b in BACKENDS])
-    threads: list[str] = []
-
-    def recording_histogram(image):
-        threads.append(threading.current_thread().name)
+    def recording_histogram(image):  # type: ignore[no-untyped-def]
+        if hooks["fail"]:
+            raise RuntimeError("embedder exploded")
+        hooks["threads"].append(threading.current_thread().name)
         return colour_histogram(image)
 
     router = train_router(table, BACKENDS, config=TrainConfig(timing_sample=0), text_encoder=HashingTextEncoder(),
                           image_embedder=recording_histogram, image_embedder_name="colour-histogram").router
-    image = str(tmp_path / "images" / "img3.png")
+    return router, hooks, folder / "images"
+
+
+def test_a_decision_embeds_the_image_beside_the_question_and_hands_back_its_errors(image_router) -> None:  # type: ignore[no-untyped-def]
+    """The image features are computed on their own thread while the question is encoded (a cold
+    decision waits for the slower encoder, not the sum); the features are the same as computed one
+    after the other, and an embedder that fails makes the decision fall back, never raise."""
+    import numpy as np
+
+    router, hooks, images = image_router
+    image = str(images / "img3.png")
     router.clear_caches()
-    threads.clear()
+    hooks["threads"].clear()
     text, vec = router._encode(image, "how many cups are there?")
-    assert threads == ["router-image-features"]
+    assert hooks["threads"] == ["router-image-features"]
     assert np.allclose(vec, router.extractor.image_vector(image))
     assert np.allclose(text, router.extractor.text_encoder.encode(["how many cups are there?"])[0])
-
-    def broken(image):
-        raise RuntimeError("embedder exploded")
-
-    router.extractor.image_features.embedder = broken
     router.clear_caches()
-    decision = router.decide(str(tmp_path / "images" / "img4.png"), "what color is the cup?")
+    hooks["fail"] = True
+    try:
+        decision = router.decide(str(images / "img4.png"), "what color is the cup?")
+    finally:
+        hooks["fail"] = False
     assert decision.fallback and "embedder exploded" in decision.fallback
 
 
-def test_the_switch_margin_is_fitted_saved_and_loaded(tmp_path: Path) -> None:
+def test_an_image_embedded_at_upload_is_not_embedded_again_by_the_decision(image_router) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    router, hooks, images = image_router
+    with Image.open(images / "img5.png") as handle:
+        picture = handle.convert("RGB")
+    router.clear_caches()
+    hooks["threads"].clear()
+    router.warm(picture)
+    assert len(hooks["threads"]) == 1
+    router.decide(picture, "what color is the cup?")
+    assert len(hooks["threads"]) == 1, "the decision embedded the warmed image again"
+    router.warm("/no/such/file.png")  # never raises: the decision reports a bad image
+
+
+def test_the_switch_margin_is_fitted_saved_and_loaded(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
     from router.versions import load_router, save_router
 
-    rows = make_pairs(80, seed=2)
-    table, _ = build_table(pairs=[write_jsonl(rows, tmp_path / "pairs.jsonl")], backends=[b.name for b in BACKENDS])
-    router = train_router(table, BACKENDS, config=TrainConfig(timing_sample=0), text_encoder=HashingTextEncoder()).router
+    router = trained.router
     fit = router.card["switch_margin_fit"]
     assert "out-of-fold" in fit["rule"] and fit["queries"] >= 20
     assert router.card["switch_margin"] == router.switch_margin and router.switch_margin >= 0.0
-    router.switch_margin = 0.05  # whatever was fitted: what is saved is what comes back
-    router.card["switch_margin"] = 0.05
     save_router(router, tmp_path / "v")
+    card_path = tmp_path / "v" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["switch_margin"] = 0.05  # whatever was fitted: what the card says is what comes back
+    card_path.write_text(json.dumps(card))
     loaded = load_router(tmp_path / "v", text_encoder=HashingTextEncoder())
     assert loaded.switch_margin == 0.05
     decision = loaded.decide(None, "how many cups are there?").to_json()
     assert decision["switch_margin"] == 0.05 and decision["default_backend"] == router.fallback_backend
-    off = train_router(table, BACKENDS, config=TrainConfig(timing_sample=0, switch_margin=False),
-                       text_encoder=HashingTextEncoder()).router
-    assert off.switch_margin == 0.0 and "switch_margin" not in off.decide(None, "how many?").to_json()
-
-
-def test_an_image_embedded_at_upload_is_not_embedded_again_by_the_decision(tmp_path: Path) -> None:
-    from PIL import Image
-
-    rows = make_pairs(60, seed=1, image_dir=tmp_path / "images")
-    table, _ = build_table(pairs=[write_jsonl(rows, tmp_path / "pairs.jsonl")], backends=[b.name for b in BACKENDS])
-    calls: list[int] = []
-
-    def counting_histogram(image):
-        calls.append(1)
-        return colour_histogram(image)
-
-    router = train_router(table, BACKENDS, config=TrainConfig(timing_sample=0), text_encoder=HashingTextEncoder(),
-                          image_embedder=counting_histogram, image_embedder_name="colour-histogram").router
-    with Image.open(tmp_path / "images" / "img5.png") as handle:
-        picture = handle.convert("RGB")
-    router.clear_caches()
-    calls.clear()
-    router.warm(picture)
-    assert len(calls) == 1
-    router.decide(picture, "what color is the cup?")
-    assert len(calls) == 1, "the decision embedded the warmed image again"
-    router.warm("/no/such/file.png")  # never raises: the decision reports a bad image
+    loaded.switch_margin = 0.0
+    assert "switch_margin" not in loaded.decide(None, "how many?").to_json()
+    assert TrainConfig(switch_margin=False).to_json()["switch_margin"] is False
