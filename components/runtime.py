@@ -111,12 +111,19 @@ def _answer_public(answer: Answer) -> dict[str, Any]:
 _KEEP = frozenset("\n\t\u200c\u200d")
 
 
+def _is_tag(ch: str) -> bool:
+    return "\U000e0020" <= ch <= "\U000e007f"
+
+
 def strip_control(text: str | None) -> str:
     """Drop control and format characters (NUL, ESC, bidi overrides such as U+202E); keep newlines, tabs,
-    zero-width joiners and the tag characters of flag emoji."""
-    return "".join(
-        ch for ch in (text or "") if ch.isprintable() or ch in _KEEP or "\U000e0020" <= ch <= "\U000e007f"
-    )
+    zero-width joiners and the tag characters of flag emoji (only right after 🏴 or another tag: a lone
+    tag character is invisible, and a question made of them would look empty but pass as text)."""
+    kept: list[str] = []
+    for ch in text or "":
+        if ch.isprintable() or ch in _KEEP or (_is_tag(ch) and kept and (kept[-1] == "\U0001f3f4" or _is_tag(kept[-1]))):
+            kept.append(ch)
+    return "".join(kept)
 
 
 def clean_question(question: str | None) -> str:

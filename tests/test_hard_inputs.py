@@ -476,8 +476,18 @@ def test_property_clean_question_returns_printable_capped_text_or_a_clear_error(
         assert not visible or len(visible) > MAX_QUESTION_INPUT_CHARS, exc
         return
     assert clean and len(clean) <= MAX_QUESTION_CHARS
-    assert all(ch.isprintable() or ch in ZERO_WIDTH_JOINERS for ch in clean)
+    flag_tags = all(ch.isprintable() or prev == "\U0001f3f4" or "\U000e0020" <= prev <= "\U000e007f"
+                    for prev, ch in zip(" " + clean, clean, strict=False))
+    assert all(ch.isprintable() or ch in ZERO_WIDTH_JOINERS or "\U000e0020" <= ch <= "\U000e007f" for ch in clean)
+    assert flag_tags, "a tag character that is not part of a flag emoji"
     assert clean == clean.strip() and "  " not in clean
+
+
+def test_a_lone_tag_character_is_not_a_question_but_a_flag_emoji_stays() -> None:
+    with pytest.raises(InputError):
+        clean_question("\U000e0020")
+    scotland = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+    assert clean_question(f"Whose flag is {scotland}?") == f"Whose flag is {scotland}?"
 
 
 @given(_TEXT)
