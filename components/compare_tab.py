@@ -435,9 +435,9 @@ class CompareView:
         routed.change(lambda on: gr.update(value="Ask the router's pick" if on else "Ask every model"), routed,
                       inputs.run, queue=False, show_progress="hidden")
         def warm(payload: Any) -> None:  # unprocessed: a bad file is reported next to the image, not as a toast
-            path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+            path = input_panel.upload_path(payload)
             if path:
-                self.runtime.warm_image(str(path))
+                self.runtime.warm_image(path)
 
         inputs.image.change(warm, inputs.image, None, preprocess=False, concurrency_id="warm", concurrency_limit=1,
                             show_progress="hidden")

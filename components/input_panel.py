@@ -40,16 +40,22 @@ class InputHandles:
     image_notice: Any
 
 
+def upload_path(payload: Any) -> str | None:
+    """The server-side file of an unprocessed image upload (gradio's FileData, as a dict or object)."""
+    path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", payload)
+    return str(path) if path else None
+
+
 def check_upload(payload: Any) -> tuple[Any, str]:
     """An upload as it arrives (unprocessed): kept when it decodes, else cleared with the reason shown
     next to the image, so a text file named .jpg is refused before anyone presses Ask."""
     from backends.images import ImageError, load_image
 
-    path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", payload)
+    path = upload_path(payload)
     if not path:
         return gr.skip(), ""
     try:
-        load_image(str(path))
+        load_image(path)
     except ImageError as exc:
         return None, f"⚠️ Not an image we can use: {exc}. Please choose another file."
     except Exception as exc:  # anything Pillow raises on a strange file

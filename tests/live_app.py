@@ -104,3 +104,35 @@ def launched_app(db_path: Path, *, preset: str = "offline", extra: list[str] | N
             process.wait(20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def db_rows(db_path: Path, sql: str, params: tuple | list = ()) -> list[tuple]:
+    """Rows of one query on a (launched app's) SQLite file, on a connection of its own."""
+    import sqlite3
+
+    raw = sqlite3.connect(db_path)
+    try:
+        return raw.execute(sql, params).fetchall()
+    finally:
+        raw.close()
+
+
+@contextmanager
+def browser_page(url: str, viewport: dict[str, int]) -> Iterator[tuple[object, object]]:
+    """(browser, page): headless Chromium on the app's start page, its form on screen. Skips the test when
+    Debian's chromium is not installed."""
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=viewport)
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_selector("#run", timeout=60_000)
+            yield browser, page
+        finally:
+            browser.close()

@@ -6,11 +6,9 @@ waited for the models; run on its own it launches the app itself, with the same 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, models_loaded, wait_for_models
+from tests.live_app import ROOT, browser_page, models_loaded, wait_for_models
 
 CAT = ROOT / "data" / "examples" / "chelsea.jpg"
 SCREENSHOTS = ROOT / "screenshots"
@@ -22,21 +20,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 def test_a_question_asked_while_the_models_load_says_what_it_waits_for(offline_app_launching) -> None:
     """From the first second, the card says the question waits for models that are still loading (and
     which), instead of the idle "Ask a question" text; the answers come once they are loaded."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (make test installs it)")
     url, db_path = offline_app_launching
     SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.goto(url, wait_until="domcontentloaded")
-        page.wait_for_selector("#run", timeout=60_000)
+    with browser_page(url, VIEWPORT) as (_, page):
         page.set_input_files("#image input[type=file]", str(CAT))
         page.fill("#question textarea", "What animal is this?")
         if models_loaded(db_path):
-            browser.close()
             pytest.skip("every model had loaded before the page could ask (nothing left to wait for)")
         page.click("#run")
         expect(page.locator("#router-card")).to_contain_text("Waiting for the models to load", timeout=10_000)
@@ -45,4 +36,3 @@ def test_a_question_asked_while_the_models_load_says_what_it_waits_for(offline_a
         wait_for_models(db_path)
         expect(page.locator(".rl-panel .rl-answer")).to_have_count(2, timeout=240_000)
         expect(page.locator("#router-waiting")).to_have_count(0)
-        browser.close()

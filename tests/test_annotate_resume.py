@@ -18,6 +18,7 @@ from components.runtime import AppConfig, Runtime
 from data import schema
 from data.store import Store
 from tests.doubles import EchoBackend
+from tests.live_app import db_rows
 
 CAT = str(Path(__file__).resolve().parent.parent / "data" / "examples" / "chelsea.jpg")
 CORRECT, WRONG, SKIP = answer_grid.VERDICTS
@@ -66,12 +67,6 @@ def test_resume_reopens_the_open_item_and_skipped_items_come_after_the_pending_o
 
 
 # ------------------------------------------------------------------------------------ undo in store terms
-def _rows(path: Path, sql: str, params=()) -> list[tuple]:
-    raw = sqlite3.connect(path)
-    try:
-        return raw.execute(sql, params).fetchall()
-    finally:
-        raw.close()
 
 
 def test_a_changed_judgment_is_a_new_row_and_only_the_new_one_counts(store) -> None:
@@ -88,7 +83,7 @@ def test_a_changed_judgment_is_a_new_row_and_only_the_new_one_counts(store) -> N
     new = store.active_judgment(sid, "ana", "i1")
     assert new["id"] != old["id"] and (new["best"], new["verdicts"], new["reason"]) == (
         "all_wrong", {"a": 0.0, "b": 0.0}, "looked again")
-    rows = _rows(store.path, "SELECT id, best, replaced_by, replaced_at IS NOT NULL FROM judgments ORDER BY id")
+    rows = db_rows(store.path, "SELECT id, best, replaced_by, replaced_at IS NOT NULL FROM judgments ORDER BY id")
     assert rows == [(old["id"], "a", new["id"], 1), (new["id"], "all_wrong", None, 0)]  # the old row is kept
 
     stats = store.stats()
@@ -118,7 +113,7 @@ def test_only_its_annotator_replaces_a_judgment_once_and_of_the_same_query(store
     store.record_judgment(query_id=queries["i1"], verdicts={"a": 0}, annotator="ana", session_id=sid, replaces=first)
     with pytest.raises(ValueError, match="already replaced"):
         store.record_judgment(query_id=queries["i1"], verdicts={"a": 1}, annotator="ana", replaces=first)
-    assert _rows(store.path, "SELECT COUNT(*) FROM judgments") == [(2,)]  # the refused ones wrote nothing
+    assert db_rows(store.path, "SELECT COUNT(*) FROM judgments") == [(2,)]  # the refused ones wrote nothing
 
 
 def test_migration_3_adds_the_replaced_columns_to_a_version_2_database(tmp_path) -> None:
@@ -130,7 +125,7 @@ def test_migration_3_adds_the_replaced_columns_to_a_version_2_database(tmp_path)
     db.conn.close()
     with Store.open(path) as store:
         assert store.schema_version() == schema.LATEST_VERSION == 3
-    columns = {row[1] for row in _rows(path, "PRAGMA table_info(judgments)")}
+    columns = {row[1] for row in db_rows(path, "PRAGMA table_info(judgments)")}
     assert {"replaced_by", "replaced_at"} <= columns
 
 
@@ -204,7 +199,7 @@ def test_undo_reopens_the_previous_item_and_saving_replaces_its_judgment(view) -
     view.undo(state)
     state, _ = _shown(view, state)
     assert state.current == first and view.skip(state)[0].startswith("Kept") and state.current == second
-    assert _rows(store.path, "SELECT COUNT(*) FROM judgments") == [(2,)]
+    assert db_rows(store.path, "SELECT COUNT(*) FROM judgments") == [(2,)]
     # after a reload, undo still knows her previous item
     _, _, reloaded = view.start("ada", spec, AnnotationState())
     assert reloaded.current == second and reloaded.history == [first]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import live_app
-from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT
+from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, browser_page, db_rows
 
 CAT = ROOT / "data" / "examples" / "chelsea.jpg"
 SCREENSHOTS = ROOT / "screenshots"
@@ -51,12 +51,6 @@ def check_screenshot(path: Path) -> None:
     live_app.check_screenshot(path, width=VIEWPORT["width"], min_height=VIEWPORT["height"])
 
 
-def _rows(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    raw = sqlite3.connect(db_path)
-    try:
-        return raw.execute(sql, params).fetchall()
-    finally:
-        raw.close()
 
 
 def _count_judgments(db_path: Path) -> int:
@@ -196,19 +190,13 @@ def test_browser_routed_mode_stale_input_and_a_bad_upload(app_url, tmp_path) -> 
     """Routed mode asks only the pick and shows the saving, "Ask the others too" fills the rest; a
     changed question clears the old card, answers, Save and the labels read from the old question;
     a text file named .jpg is refused at upload, next to the image."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (make test installs it)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, db_path = app_url
     fake = tmp_path / "notes.jpg"
     fake.write_text("a text file, not a photo")
     SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.goto(url, wait_until="domcontentloaded")
-        page.wait_for_selector("#run", timeout=60_000)
+    with browser_page(url, VIEWPORT) as (_, page):
         page.set_input_files("#image input[type=file]", str(fake))
         expect(page.locator("#image-notice")).to_contain_text("Not an image we can use", timeout=20_000)
         page.set_input_files("#image input[type=file]", str(CAT))
@@ -232,9 +220,9 @@ def test_browser_routed_mode_stale_input_and_a_bad_upload(app_url, tmp_path) -> 
         expect(page.locator("#routed-saving")).to_contain_text("Every backend has now answered", timeout=120_000)
         expect(page.locator(".rl-panel .rl-answer")).to_have_count(2)
         expect(page.locator("#save")).to_be_enabled()
-        (latest,) = _rows(db_path, "SELECT id FROM queries WHERE question = 'Is this a cat or a dog?' "
+        (latest,) = db_rows(db_path, "SELECT id FROM queries WHERE question = 'Is this a cat or a dog?' "
                                    "ORDER BY rowid DESC LIMIT 1")
-        answered = _rows(db_path, "SELECT backend FROM answers WHERE query_id = ?", latest)
+        answered = db_rows(db_path, "SELECT backend FROM answers WHERE query_id = ?", latest)
         assert len(answered) == 2, "the others' answers were not stored under the routed query"
         # captions in plain words; the task category starts at the router's guess and can be corrected
         expect(page.locator(".rl-panel[data-backend='gemma3-270m+tags'] .rl-caption")).to_contain_text("4-bit")
@@ -246,7 +234,7 @@ def test_browser_routed_mode_stale_input_and_a_bad_upload(app_url, tmp_path) -> 
         page.locator("#verdict-0 label", has_text="correct").click()
         page.click("#save")
         expect(page.locator("#judge-status")).to_contain_text("Saved", timeout=30_000)
-        assert _rows(db_path, "SELECT category FROM queries WHERE id = ?", latest) == [("counting",)]
+        assert db_rows(db_path, "SELECT category FROM queries WHERE id = ?", latest) == [("counting",)]
 
         page.fill("#question textarea", "What sound does this animal make?")
         expect(labels).to_have_value("", timeout=10_000)
@@ -254,4 +242,3 @@ def test_browser_routed_mode_stale_input_and_a_bad_upload(app_url, tmp_path) -> 
         expect(page.locator(".rl-panel .rl-answer")).to_have_count(0)
         expect(page.locator("#save")).to_be_disabled()
         page.screenshot(path=str(SCREENSHOTS / "06-question-changed.png"), full_page=True)
-        browser.close()

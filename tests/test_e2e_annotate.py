@@ -5,13 +5,12 @@ annotator was on (not the one skipped), and Undo changes a saved judgment as a n
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT
+from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, db_rows
 
 SCREENSHOTS = ROOT / "screenshots"
 VIEWPORT = {"width": 1440, "height": 1000}
@@ -20,12 +19,6 @@ NAME_BOX = "#annotator textarea, #annotator input"
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
-def _rows(db_path: Path, sql: str, params=()) -> list[tuple]:
-    raw = sqlite3.connect(db_path)
-    try:
-        return raw.execute(sql, params).fetchall()
-    finally:
-        raw.close()
 
 
 def _checked(page, group: str) -> str | None:
@@ -113,9 +106,9 @@ def test_annotate_keys_layout_resume_and_undo(offline_app) -> None:
             page.keyboard.press("Enter")
             expect(page.locator("#ann-judge-status")).to_contain_text("Saved", timeout=30_000)
             _no_error(page)
-            saved = _rows(db_path, "SELECT id, best, reason FROM judgments WHERE annotator = ?", [name])
+            saved = db_rows(db_path, "SELECT id, best, reason FROM judgments WHERE annotator = ?", [name])
             assert [(best, reason) for _, best, reason in saved] == [("all_wrong", "wca")]
-            assert _rows(db_path, "SELECT correct FROM verdicts WHERE judgment_id = ?", [saved[0][0]]) == [(0.0,)] * verdicts.count()
+            assert db_rows(db_path, "SELECT correct FROM verdicts WHERE judgment_id = ?", [saved[0][0]]) == [(0.0,)] * verdicts.count()
 
             # skip the next item; a reload keeps the name and resumes the item she is on, not the skipped one
             second = _loaded(page, first)
@@ -147,5 +140,5 @@ def test_annotate_keys_layout_resume_and_undo(offline_app) -> None:
             assert _loaded(page, first) == third  # back to the item she was on
         finally:
             browser.close()
-    rows = _rows(db_path, "SELECT id, best, replaced_by FROM judgments WHERE annotator = ? ORDER BY id", [name])
+    rows = db_rows(db_path, "SELECT id, best, replaced_by FROM judgments WHERE annotator = ? ORDER BY id", [name])
     assert [(best, replaced) for _, best, replaced in rows] == [("all_wrong", rows[1][0]), ("tie", None)]

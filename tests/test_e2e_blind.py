@@ -3,12 +3,11 @@ before saving, shown after), and a 3-annotator Annotate session judged by two pe
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
-from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT
+from tests.live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, db_rows
 
 CAT = ROOT / "data" / "examples" / "chelsea.jpg"
 SCREENSHOTS = ROOT / "screenshots"
@@ -25,12 +24,6 @@ def app_url(offline_app):
     return offline_app
 
 
-def _rows(db_path: Path, sql: str, params=()) -> list[tuple]:
-    raw = sqlite3.connect(db_path)
-    try:
-        return raw.execute(sql, params).fetchall()
-    finally:
-        raw.close()
 
 
 def test_blind_compare_hides_the_names_until_the_judgment_is_saved(app_url) -> None:
@@ -77,7 +70,7 @@ def test_blind_compare_hides_the_names_until_the_judgment_is_saved(app_url) -> N
         expect(page.locator("#best")).to_contain_text("Model A · ")
         page.screenshot(path=str(SCREENSHOTS / "06-blind-after-save.png"), full_page=True)
         browser.close()
-    assert _rows(db_path, "SELECT blind FROM judgments WHERE reason = 'blind browser test'") == [(1,)]
+    assert db_rows(db_path, "SELECT blind FROM judgments WHERE reason = 'blind browser test'") == [(1,)]
 
 
 def _open_annotate(browser, url: str, name: str):
@@ -143,7 +136,7 @@ def test_a_three_annotator_session_judged_in_two_browser_contexts(app_url) -> No
         finally:
             browser.close()
     # the database is shared with the other page tests: only ana's and ben's judgments are this test's
-    rows = _rows(db_path, "SELECT j.annotator, j.query_id, j.blind, j.guidelines_id, s.k FROM judgments j "
+    rows = db_rows(db_path, "SELECT j.annotator, j.query_id, j.blind, j.guidelines_id, s.k FROM judgments j "
                           "JOIN sessions s ON s.id = j.session_id WHERE j.annotator IN ('ana', 'ben') ORDER BY j.id")
     assert [(r[0], r[2], r[4]) for r in rows] == [("ana", 1, 3), ("ben", 1, 3)]
     assert rows[0][1] == rows[1][1] and rows[0][3] == rows[1][3] is not None  # one query, one guidelines version

@@ -263,4 +263,13 @@ def test_the_switch_margin_is_fitted_saved_and_loaded(trained, tmp_path: Path) -
     assert decision["switch_margin"] == 0.05 and decision["default_backend"] == router.fallback_backend
     loaded.switch_margin = 0.0
     assert "switch_margin" not in loaded.decide(None, "how many?").to_json()
-    assert TrainConfig(switch_margin=False).to_json()["switch_margin"] is False
+
+
+
+def test_training_with_the_switch_margin_off_fits_none(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rows = make_pairs(40, seed=4)
+    table, _ = build_table(pairs=[write_jsonl(rows, tmp_path / "pairs.jsonl")], backends=[b.name for b in BACKENDS])
+    off = train_router(table, BACKENDS, config=TrainConfig(timing_sample=0, switch_margin=False),
+                       text_encoder=HashingTextEncoder()).router
+    assert off.switch_margin == 0.0 and off.card["switch_margin_fit"] == {"rule": "off"}
+    assert "switch_margin" not in off.decide(None, "how many cups are there?").to_json()
