@@ -67,6 +67,10 @@ class SamePadConv2d(nn.Conv2d):
     """A Conv2d with TensorFlow "SAME" padding, computed for each input size (extra pixel right/bottom)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (1, 1) and self.dilation == (1, 1) and self.kernel_size[0] % 2 and self.kernel_size[1] % 2:
+            # "SAME" at stride 1 with an odd kernel is symmetric: let the convolution pad (one op fewer).
+            padding = (self.kernel_size[0] // 2, self.kernel_size[1] // 2)
+            return F.conv2d(x, self.weight, self.bias, 1, padding, 1, self.groups)
         pad_h = _same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
         pad_w = _same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
         if pad_h or pad_w:
@@ -167,7 +171,39 @@ def load_efficientnet_lite0(weights: str | Path | None = None, device: str = "cp
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     model = EfficientNetLite()
     model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+    return fold_batchnorm(model.eval()).to(device)
+
+
+def _fold(conv: SamePadConv2d, bn: nn.BatchNorm2d) -> SamePadConv2d:
+    """``conv`` with ``bn`` (eval statistics) folded into its weight and bias."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    folded = SamePadConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                           dilation=conv.dilation, groups=conv.groups, bias=True)
+    with torch.no_grad():
+        folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        base = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        folded.bias.copy_((base - bn.running_mean) * scale + bn.bias)
+    return folded.eval()
+
+
+def fold_batchnorm(model: EfficientNetLite) -> EfficientNetLite:
+    """Fold every BatchNorm into the convolution before it, for inference (in place; returns ``model``).
+
+    The network is 49 small convolutions on one image, so its CPU time goes to per-op overhead as
+    much as to arithmetic: dropping the 49 BatchNorm ops takes about a third off a forward pass and
+    changes the outputs by float rounding only (a test holds it to 1e-4). Only for a model in eval
+    mode; the folded model can no longer be trained or loaded from the package's state_dict.
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode")
+    model._conv_stem, model._bn0 = _fold(model._conv_stem, model._bn0), nn.Identity()
+    for block in model._blocks:
+        if block.has_expand:
+            block._expand_conv, block._bn0 = _fold(block._expand_conv, block._bn0), nn.Identity()
+        block._depthwise_conv, block._bn1 = _fold(block._depthwise_conv, block._bn1), nn.Identity()
+        block._project_conv, block._bn2 = _fold(block._project_conv, block._bn2), nn.Identity()
+    model._conv_head, model._bn1 = _fold(model._conv_head, model._bn1), nn.Identity()
+    return model
 
 
 def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:

@@ -24,13 +24,19 @@ class TextEncoder:
     """``encode(texts) -> (N, 384) float32``, each row L2-normalised (so dot product = cosine)."""
 
     def __init__(self, model: Any, device: str = "cpu", model_id: str = MODEL_ID) -> None:
+        from backends.minilm_forward import MiniLMForward
+
         self.model = model  # a sentence_transformers.SentenceTransformer
         self.device = device
         self.model_id = model_id
+        #: The same embeddings in plain torch calls (backends.minilm_forward), None for a layout it does not know.
+        self.forward = MiniLMForward.from_sentence_transformer(model)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        if self.forward is not None:
+            return self.forward.encode(texts)
         vectors = self.model.encode(
             list(texts),
             batch_size=BATCH_SIZE,

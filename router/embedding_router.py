@@ -23,7 +23,7 @@ from router.base import BackendChoice, ImageInput, Router, RouterError, Scores
 from router.calibration import Calibrator
 from router.categories import CATEGORIES, classify_question
 from router.correction import PriorCorrection
-from router.features import FeatureExtractor
+from router.features import FeatureExtractor, image_content_hash
 
 
 @dataclass
@@ -167,11 +167,15 @@ class EmbeddingRouter(Router):
         extractor = self.extractor
         if image is None or extractor.config.text_only or extractor.image_features is None:
             return extractor.text_encoder.encode([question])[0], None
+        key = image_content_hash(image)
+        warmed = extractor.image_features.cached(image, key=key)
+        if warmed is not None:  # embedded at upload (warm): no thread to start
+            return extractor.text_encoder.encode([question])[0], extractor.image_vector(image, key)
         box: dict[str, Any] = {}
 
         def embed() -> None:
             try:
-                box["image"] = extractor.image_vector(image)
+                box["image"] = extractor.image_vector(image, key)
             except BaseException as exc:  # handed back to the deciding thread
                 box["error"] = exc
 

@@ -9,7 +9,10 @@ and the routed accuracy would be measured on different rows); the report says ho
   uniform choice; ``category_rule_accuracy``: the paper's rule with the data's categories (keyword
   classifier where a row has none) and best-of-kind picked by the router's training priors.
 * ``selection_accuracy``: share of queries where the chosen backend is one of the best for that query.
-* ``ece``: calibration error of P(correct) over every (query, backend) cell; ``ece_choice``: of the
+* ``ece``: calibration error of P(correct) over every (query, backend) cell (15 equal-width bins);
+  ``ece_ci95``: its bootstrap interval over queries; ``ece_if_calibrated``: ``[mean, p95]`` of the ECE a
+  perfectly calibrated router with the same probabilities would show on these cells (labels drawn from
+  the probabilities), the part of ``ece`` that sampling noise alone explains; ``ece_choice``: of the
   confidence against the chosen backend's correctness.
 * ``decision_ms_p50_image_warmed`` / ``_p95_``: the same with the image embedded before the clock starts,
   as the page does at upload (the decision then pays for the question only).
@@ -37,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from router.base import Router, RouterError
-from router.calibration import expected_calibration_error, reliability_bins
+from router.calibration import ece_bootstrap_ci, ece_if_calibrated, expected_calibration_error, reliability_bins
 from router.categories import classify_question
 from router.metrics import aiq, cpt, curve_points, headroom_captured, lambda_grid, paired_bootstrap_ci, upper_hull
 
@@ -165,6 +168,8 @@ def evaluate(
         "category_rule_accuracy": _round(rule_acc),
         "selection_accuracy": _round(float((chosen >= best - 1e-9).mean())),
         "ece": _round(expected_calibration_error(probs, y)),
+        "ece_ci95": [_round(v) for v in ece_bootstrap_ci(probs, y, seed=seed)],
+        "ece_if_calibrated": [_round(v) for v in ece_if_calibrated(probs, np.isfinite(y), seed=seed)],
         "ece_choice": _round(expected_calibration_error(probs[np.arange(n), choice], chosen)),
         "reliability": reliability_bins(probs, y),
         "mean_cost": _round(float(costs[choice].mean()), 6),

@@ -164,6 +164,7 @@ class MiniLMTextEncoder:
 
     def __init__(self, model: Any | None = None, *, batch_size: int = 256, cache_size: int = 4096, device: str = "cpu") -> None:
         self._model = model
+        self._fast: Any = None  # MiniLMForward, False (not applicable) or None (not looked at yet)
         self._lock = threading.Lock()
         self.batch_size = int(batch_size)
         self.device = device
@@ -186,8 +187,21 @@ class MiniLMTextEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return encode_with_cache(texts, self.dim, self._cache, self._encode_uncached)
 
+    def _forward(self, model: Any) -> Any:
+        """The plain-torch path for a SentenceTransformer (backends.minilm_forward), built once; None otherwise."""
+        if self._fast is None:
+            with self._lock:
+                if self._fast is None:
+                    from backends.minilm_forward import MiniLMForward
+
+                    self._fast = MiniLMForward.from_sentence_transformer(model) or False
+        return self._fast or None
+
     def _encode_uncached(self, texts: list[str]) -> np.ndarray:
         model = self._load()
+        fast = self._forward(model)
+        if fast is not None:
+            return _l2_normalise(fast.encode(texts))
         try:
             vectors = model.encode(
                 texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
@@ -261,6 +275,10 @@ class ImageFeatures:
         self.name = name
         self._cache = LRUCache(cache_size)
         self.dim: int | None = None
+
+    def cached(self, image: Any, *, key: str | None = None) -> np.ndarray | None:
+        """The image's vector if it was embedded before (no model call), else None."""
+        return self._cache.get(key or image_content_hash(image))
 
     def embed(self, image: Any, *, key: str | None = None) -> np.ndarray:
         key = key or image_content_hash(image)

@@ -145,6 +145,10 @@ def test_evaluate_reports_delta_interval_headroom_aiq_and_cpt() -> None:
     assert report["delta_best_single"] == pytest.approx(routed - y[:, 1].mean(), abs=1e-4)
     low, high = report["delta_best_single_ci95"]
     assert low <= report["delta_best_single"] <= high and high - low > 0
+    ece_low, ece_high = report["ece_ci95"]
+    assert ece_low <= report["ece"] <= ece_high
+    floor, floor_p95 = report["ece_if_calibrated"]
+    assert 0 < floor <= floor_p95 < 1
     room = y.max(axis=1).mean() - y[:, 1].mean()
     assert report["headroom_captured"] == pytest.approx(report["delta_best_single"] / room, abs=1e-3)
     assert 0.0 < report["aiq"] <= max(routed, y.mean(axis=0).max()) + 1e-9
@@ -184,3 +188,35 @@ def test_cost_quality_figure_from_a_report() -> None:
     # No data: a message, not an error.
     assert len(cost_quality_figure(None).data) == 0
     assert "too few" in cost_quality_figure(card, "ghost").layout.annotations[0].text
+
+
+# ----------------------------------------------------------------------------- ECE's interval and its sampling floor
+def test_ece_floor_is_the_noise_of_a_calibrated_predictor_and_shrinks_with_data() -> None:
+    from router.calibration import ece_if_calibrated, expected_calibration_error
+
+    rng = np.random.default_rng(3)
+    small, large = rng.random((66, 2)), rng.random((5000, 2))
+    floor_small, p95_small = ece_if_calibrated(small, seed=1)
+    floor_large, _ = ece_if_calibrated(large, seed=1)
+    assert 0.04 < floor_small < p95_small < 0.2  # 132 cells: a perfect predictor still shows ~0.08
+    assert floor_large < floor_small / 4  # ~ 1/sqrt(n)
+    # Labels drawn from the probabilities land inside the floor's range; a miscalibrated one does not.
+    labels = (rng.random(small.shape) < small).astype(float)
+    assert expected_calibration_error(small, labels) < 0.2
+    assert expected_calibration_error(np.clip(small + 0.3, 0, 1), labels) > p95_small
+    # A masked cell does not count, and nothing to measure is NaN rather than zero.
+    mask = np.ones_like(small, dtype=bool)
+    mask[:, 1] = False
+    assert ece_if_calibrated(small, mask, seed=1) != (floor_small, p95_small)
+    assert np.isnan(ece_if_calibrated(np.zeros((0, 2)))[0])
+
+
+def test_ece_bootstrap_interval_brackets_the_measured_value() -> None:
+    from router.calibration import ece_bootstrap_ci, expected_calibration_error
+
+    rng = np.random.default_rng(4)
+    p = rng.random((80, 3))
+    y = (rng.random(p.shape) < np.clip(p + 0.15, 0, 1)).astype(float)
+    low, high = ece_bootstrap_ci(p, y, seed=0)
+    assert low <= expected_calibration_error(p, y) <= high and high - low > 0.02
+    assert ece_bootstrap_ci(p, y, seed=0) == (low, high)  # seeded
