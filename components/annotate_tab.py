@@ -541,26 +541,16 @@ class AnnotateView:
 
     def _record(self, state: AnnotationState, verdicts: dict[str, float], best: str | None, true_answer: str,
                 reason: str, *, blind: bool, replaces: int | None) -> int:
-        """Store the judgment: through :meth:`Runtime.judge`, or, changing a saved one (Undo), as a new row
-        that replaces it (:meth:`Store.record_judgment` with ``replaces``)."""
+        """Store the judgment through :meth:`Runtime.judge`; changing a saved one (Undo) stores a new row
+        that replaces it (``replaces``). A replacement is not blind: the annotator has seen the answers' names."""
         # the annotator is part of the key: annotators of a shared item judge the same query, often alike
         payload = {"verdicts": verdicts, "best": best, "true_answer": true_answer, "reason": reason,
                    "annotator": state.annotator, "replaces": replaces}
         key = client_key(state.query.query_id, payload)
-        if replaces is None:
-            return self.runtime.judge(
-                state.query.query_id, verdicts, best=best, true_answer=true_answer, reason=reason,
-                annotator=state.annotator, session_id=state.session_id, client_key=key, blind=blind,
-                guidelines_id=state.guidelines_id,
-            )
-        store = self.runtime.store
-        if store is None:
-            raise RuntimeError(self.runtime.store_notice or "the database is unavailable")
-        return store.record_judgment(
-            query_id=state.query.query_id, verdicts=verdicts, best=best or None,
-            true_answer=(true_answer or "").strip() or None, reason=(reason or "").strip() or None,
-            annotator=state.annotator, session_id=state.session_id, client_key=key, blind=False,
-            guidelines_id=state.guidelines_id, replaces=replaces,
+        return self.runtime.judge(
+            state.query.query_id, verdicts, best=best, true_answer=true_answer, reason=reason,
+            annotator=state.annotator, session_id=state.session_id, client_key=key,
+            blind=blind and replaces is None, guidelines_id=state.guidelines_id, replaces=replaces,
         )
 
     def skip(self, state: AnnotationState) -> list[Any]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import html
 import logging
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -25,6 +23,7 @@ from components.learning_curve import (
     versions_learning_figure,
 )
 from components.runtime import Runtime
+from components.staging import staging_folder
 from components.study_panel import headline_ratings_figure
 from data.ratings import bradley_terry_with_ci
 from data.store import stats_to_frame
@@ -282,7 +281,7 @@ class LeaderboardView:
             return gr.update(value=None, label="Download"), "⚠️ The database is unavailable: nothing to export."
         try:
             download = export_download(self.runtime.store, fmt, EXPORT_TABLES.get(tables, tables),
-                                       Path(tempfile.mkdtemp(prefix="routelens-export-")))
+                                       staging_folder("export-"))
         except Exception as exc:  # a failed export becomes a message
             log.exception("export failed")
             return gr.update(value=None, label="Download"), f"⚠️ Export failed: {html.escape(str(exc))}"

@@ -461,13 +461,16 @@ class Runtime:
         blind: bool = False,
         guidelines_id: int | None = None,
         category: str | None = None,
+        replaces: int | None = None,
     ) -> int:
         """Store a judgment; returns rows saved. Raises ValueError (bad input) or JudgmentNotSaved.
 
         ``blind``: the judge did not see which model gave which answer; such a judgment is stored as not
         anonymous when an answer names its own model (:meth:`identity_flag`). ``guidelines_id``: the
         guidelines version the judge was shown. ``category``: the task category the judge filed the
-        question under (one of :data:`router.categories.CATEGORIES`), replacing the router's guess."""
+        question under (one of :data:`router.categories.CATEGORIES`), replacing the router's guess.
+        ``replaces``: the id of this annotator's earlier judgment of the query that this one changes (Undo);
+        that row is kept, marked replaced."""
         if self.store is None:
             from data.store import JudgmentNotSaved
 
@@ -492,6 +495,7 @@ class Runtime:
             blind=bool(blind),
             flag_reason=self.identity_flag(query_id) if blind else None,
             guidelines_id=guidelines_id,
+            replaces=replaces,
         )
 
     def identity_flag(self, query_id: str) -> str | None:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import html
 import logging
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from components.figures import empty_figure
 from components.runtime import Runtime
+from components.staging import staging_folder
 from data.battles import Battle, outcomes
 from data.ratings import bradley_terry_with_ci
 
@@ -211,7 +210,7 @@ class StudyPanel:
 
         if self.runtime.store is None:
             return None
-        folder = Path(tempfile.mkdtemp(prefix="routelens-arena-"))
+        folder = staging_folder("arena-")
         path, _ = export_arena(self.runtime.store, folder / "votes.jsonl")
         return str(path)
 

@@ -81,9 +81,16 @@ def describe_error(error: BaseException, lock_timeout_s: float) -> str:
 
 
 def count_rows(db: Database) -> dict[str, int]:
-    """Rows per table, and the number of distinct annotators."""
+    """Rows per table, and the number of distinct annotators.
+
+    ``judgments`` counts the judgments that stand; one a person took back (undo, a changed verdict)
+    stays in the table, marked replaced, and is counted under ``judgments_replaced`` instead.
+    """
     counts = {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in COUNTED_TABLES}
-    counts["annotators"] = db.execute("SELECT COUNT(DISTINCT annotator) FROM judgments").fetchone()[0]
+    replaced = db.execute("SELECT COUNT(*) FROM judgments WHERE replaced_by IS NOT NULL").fetchone()[0]
+    counts["judgments"] -= replaced
+    counts["judgments_replaced"] = replaced
+    counts["annotators"] = db.execute("SELECT COUNT(DISTINCT annotator) FROM judgments WHERE replaced_by IS NULL").fetchone()[0]
     return counts
 
 

@@ -98,6 +98,8 @@ def test_a_changed_judgment_is_a_new_row_and_only_the_new_one_counts(store) -> N
     assert exported == {old["id"]: new["id"], new["id"]: None}
     # the session's progress does not change: the item was judged once, by her
     assert store.progress(sid, "ana")["mine"] == 1 and store.judged_items(sid, "ana") == ["i1"]
+    counts = store.counts()  # the page's "N judgments" counts the one that stands
+    assert (counts["judgments"], counts["judgments_replaced"], counts["annotators"]) == (1, 1, 1)
 
 
 def test_only_its_annotator_replaces_a_judgment_once_and_of_the_same_query(store) -> None:

@@ -177,3 +177,19 @@ def test_the_rating_chart_has_a_short_title_and_whole_number_ticks(store) -> Non
     assert headline == "Bradley-Terry rating", "a long one-line title is cut off on a half-width chart"
     low, high = figure.layout.xaxis.range
     assert high - low >= 50 and figure.layout.xaxis.tickformat == ".0f"  # never a 999 / 999.5 / 1000 axis
+
+
+def test_download_folders_are_fresh_per_call_and_old_ones_are_pruned(tmp_path) -> None:
+    import os
+    import time
+
+    from components.staging import staging_folder
+
+    first, second = staging_folder("export-", parent=tmp_path), staging_folder("export-", parent=tmp_path)
+    assert first != second and first.is_dir() and not any(first.iterdir())
+    (first / "judgments.csv").write_text("a,b\n")
+    stale = time.time() - 7200
+    os.utime(first, (stale, stale))
+    third = staging_folder("arena-", parent=tmp_path, max_age_s=3600)
+    assert not first.exists(), "a folder older than max_age_s is removed"
+    assert second.exists() and third.exists() and third.name.startswith("arena-")
