@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -208,9 +208,13 @@ def fold_batchnorm(model: EfficientNetLite) -> EfficientNetLite:
 
 def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
     """RGB images -> a float32 batch (N, 3, 224, 224) in [-1, 1]: resize shorter side to 256 (bicubic), centre crop."""
-    arrays = [np.asarray(_resize_center_crop(image.convert("RGB")), dtype=np.float32) for image in images]
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    return batch / 127.5 - 1.0
+    pixels = np.stack([np.asarray(_resize_center_crop(image.convert("RGB")), dtype=np.uint8) for image in images])
+    # Contiguous NCHW float32 built in numpy: the same IEEE float32 arithmetic as dividing the tensor,
+    # without torch's strided ops on a permuted view (4 ms of a 20 ms forward on one photo).
+    batch = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).astype(np.float32)
+    batch /= np.float32(127.5)
+    batch -= np.float32(1.0)
+    return torch.from_numpy(batch)
 
 
 def _resize_center_crop(image: Image.Image, size: int = IMAGE_SIZE, resize: int = RESIZE_SIZE) -> Image.Image:
@@ -234,16 +238,26 @@ class ImageAnalysis:
 class ImageClassifier:
     """EfficientNet-Lite0 plus its preprocessing: the object both offline backends share."""
 
-    def __init__(self, model: EfficientNetLite, device: str = "cpu", model_id: str = MODEL_ID) -> None:
+    def __init__(self, model: EfficientNetLite, device: str = "cpu", model_id: str = MODEL_ID, *, onnx: bool = True) -> None:
         self.model = model
         self.device = device
         self.model_id = model_id
+        #: The same network in ONNX Runtime on the CPU (backends.onnx_cpu), or None: torch runs it.
+        self.onnx = compile_classifier(model) if onnx and str(device) == "cpu" else None
+
+    @property
+    def runtime_name(self) -> str:
+        return "ONNX Runtime" if self.onnx is not None else "torch"
 
     @torch.inference_mode()
     def analyse(self, images: Sequence[Image.Image]) -> list[ImageAnalysis]:
         """Probabilities and embeddings for a batch of images, in one forward pass."""
-        batch = preprocess(images).to(self.device)
-        logits, pooled = self.model(batch)
+        batch = preprocess(images)
+        if self.onnx is not None:
+            logits_np, pooled_np = self.onnx(batch.numpy())
+            logits, pooled = torch.from_numpy(logits_np), torch.from_numpy(pooled_np)
+        else:
+            logits, pooled = self.model(batch.to(self.device))
         probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         embeddings = F.normalize(pooled.float(), dim=-1).cpu().numpy()
         return [ImageAnalysis(p, e) for p, e in zip(probabilities, embeddings)]
@@ -251,7 +265,18 @@ class ImageClassifier:
     def memory_bytes(self) -> int:
         from backends.devices import module_memory_bytes
 
-        return module_memory_bytes(self.model)
+        # ONNX Runtime holds its own copy of the weights (about the graph file's size).
+        return module_memory_bytes(self.model) + (self.onnx.file_bytes if self.onnx is not None else 0)
+
+
+def compile_classifier(model: EfficientNetLite) -> Any:
+    """The folded network as an ONNX Runtime runner (logits, pooled) for any batch size, or None."""
+    from backends.onnx_cpu import compile_module
+
+    example = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return compile_module(model.eval(), (example,), name="efficientnet-lite0",
+                          input_names=["pixels"], output_names=["logits", "pooled"],
+                          dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}, "pooled": {0: "batch"}})
 
 
 def shared_key(device: str, weights: str | Path | None = None) -> str:

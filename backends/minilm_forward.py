@@ -29,7 +29,7 @@ class MiniLMForward:
     """A BERT-style sentence encoder (mean pooled, normalised) over borrowed weight tensors."""
 
     def __init__(self, tokenizer: Any, weights: dict[str, torch.Tensor], *, layers: int, heads: int, eps: float,
-                 max_length: int) -> None:
+                 max_length: int, onnx: bool = False) -> None:
         self.tokenizer = tokenizer
         self.w = weights
         self.layers = layers
@@ -40,9 +40,41 @@ class MiniLMForward:
                            for i in range(layers)]
         self.qkv_bias = [torch.cat([weights[f"encoder.layer.{i}.attention.self.{p}.bias"] for p in ("query", "key", "value")])
                          for i in range(layers)]
+        #: The same forward in ONNX Runtime on the CPU (backends.onnx_cpu), or None: torch runs it.
+        self.onnx = self._compile() if onnx and self.device.type == "cpu" else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.w["embeddings.word_embeddings.weight"].device
+
+    @property
+    def runtime_name(self) -> str:
+        return "ONNX Runtime" if self.onnx is not None else "torch"
+
+    def _compile(self) -> Any:
+        from backends.onnx_cpu import compile_module
+
+        encoder = self
+
+        class Graph(torch.nn.Module):
+            """The forward as a module, with the borrowed weights as its state (fingerprinted by onnx_cpu)."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.weights = torch.nn.ParameterDict(
+                    {k.replace(".", "__"): torch.nn.Parameter(v, requires_grad=False) for k, v in encoder.w.items()})
+
+            def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                return encoder._forward(ids, mask)
+
+        example = self.tokenizer(["How many coins are on the table?", "What is it?"], padding=True, return_tensors="pt")
+        axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "embedding": {0: "batch"}}
+        return compile_module(Graph().eval(), (example["input_ids"], example["attention_mask"]), name="minilm",
+                              input_names=["input_ids", "attention_mask"], output_names=["embedding"], dynamic_axes=axes,
+                              extra_fingerprint=f"{self.layers}|{self.heads}|{self.eps}")
 
     @classmethod
-    def from_sentence_transformer(cls, model: Any) -> MiniLMForward | None:
+    def from_sentence_transformer(cls, model: Any, *, onnx: bool = True) -> MiniLMForward | None:
         """The fast path for ``model`` (a SentenceTransformer), or None if its layout is not the one handled here."""
         try:
             modules = list(model)
@@ -61,7 +93,7 @@ class MiniLMForward:
             if "embeddings.word_embeddings.weight" not in weights:
                 return None
             return cls(model.tokenizer, weights, layers=int(config.num_hidden_layers), heads=int(config.num_attention_heads),
-                       eps=float(config.layer_norm_eps), max_length=int(model.max_seq_length))
+                       eps=float(config.layer_norm_eps), max_length=int(model.max_seq_length), onnx=onnx)
         except Exception:  # an unknown model: the caller keeps SentenceTransformer.encode
             return None
 
@@ -75,17 +107,20 @@ class MiniLMForward:
             rows = order[start : start + BATCH_SIZE]
             batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt")
+            if self.onnx is not None:
+                out[rows] = self.onnx(batch["input_ids"].numpy().astype(np.int64), batch["attention_mask"].numpy().astype(np.int64))[0]
+                continue
             with torch.inference_mode():
-                out[rows] = self._forward(batch["input_ids"], batch["attention_mask"]).float().numpy()
+                out[rows] = self._forward(batch["input_ids"], batch["attention_mask"]).float().cpu().numpy()
         return out
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         w, eps = self.w, self.eps
-        ids, mask = ids.to(w["embeddings.word_embeddings.weight"].device), mask.to(w["embeddings.word_embeddings.weight"].device)
+        ids, mask = ids.to(self.device), mask.to(self.device)
         batch, length = ids.shape
         types = w["embeddings.token_type_embeddings.weight"][0]
         x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:length] + types
-        width = x.shape[-1]
+        width = int(w["embeddings.word_embeddings.weight"].shape[1])
         x = F.layer_norm(x, (width,), w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
         blocked = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         head_dim = width // self.heads

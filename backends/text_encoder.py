@@ -49,7 +49,8 @@ class TextEncoder:
     def memory_bytes(self) -> int:
         from backends.devices import module_memory_bytes
 
-        return module_memory_bytes(self.model)
+        onnx = getattr(self.forward, "onnx", None)  # ONNX Runtime's own copy of the weights
+        return module_memory_bytes(self.model) + (onnx.file_bytes if onnx is not None else 0)
 
 
 def load_minilm(device: str = "cpu") -> TextEncoder:

@@ -200,7 +200,7 @@ class Runtime:
         from backends.text_encoder import shared_text_encoder
         from router.features import MiniLMTextEncoder
 
-        return self.shared.get("router:minilm", lambda: MiniLMTextEncoder(model=shared_text_encoder(self.shared).model))
+        return self.shared.get("router:minilm", lambda: MiniLMTextEncoder(model=shared_text_encoder(self.shared)))
 
     def _router_image_features(self) -> tuple[Callable[[Any], Any], str] | None:
         """The ``embed_image`` of the preset's ``[router] image_features`` backend (loaded), and its name."""

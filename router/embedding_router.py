@@ -12,7 +12,6 @@ card (JSON) says how to rebuild the feature extractor.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from router.base import BackendChoice, ImageInput, Router, RouterError, Scores
 from router.calibration import Calibrator
 from router.categories import CATEGORIES, classify_question
 from router.correction import PriorCorrection
-from router.features import FeatureExtractor, image_content_hash
+from router.features import FeatureExtractor
 
 
 @dataclass
@@ -161,33 +160,17 @@ class EmbeddingRouter(Router):
         return probs, cats, weight
 
     def _encode(self, image: ImageInput, question: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """The question's and the image's features, computed at once: both encoders spend their time in
-        torch, which releases the GIL, so a cold decision waits for the slower of the two instead of
-        their sum. Errors of either are raised here."""
+        """The question's and the image's features, one after the other on the calling thread.
+
+        Encoding them at once on two threads was no faster on a 2-core CPU: each encoder already uses
+        both cores, and four busy threads on two cores cost more than they overlap (docs/router.md has
+        the measurements). A photo embedded at upload (``warm``) comes from the cache. Errors of either
+        are raised here."""
         extractor = self.extractor
+        text = extractor.text_encoder.encode([question])[0]
         if image is None or extractor.config.text_only or extractor.image_features is None:
-            return extractor.text_encoder.encode([question])[0], None
-        key = image_content_hash(image)
-        warmed = extractor.image_features.cached(image, key=key)
-        if warmed is not None:  # embedded at upload (warm): no thread to start
-            return extractor.text_encoder.encode([question])[0], extractor.image_vector(image, key)
-        box: dict[str, Any] = {}
-
-        def embed() -> None:
-            try:
-                box["image"] = extractor.image_vector(image, key)
-            except BaseException as exc:  # handed back to the deciding thread
-                box["error"] = exc
-
-        worker = threading.Thread(target=embed, name="router-image-features", daemon=True)
-        worker.start()
-        try:
-            text = extractor.text_encoder.encode([question])[0]
-        finally:
-            worker.join()
-        if "error" in box:
-            raise box["error"]
-        return text, box["image"]
+            return text, None
+        return text, extractor.image_vector(image)
 
     def warm(self, image: ImageInput) -> None:
         """Embed the image now (cached by content), so the decision pays only the question's part."""

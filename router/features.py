@@ -194,7 +194,9 @@ class MiniLMTextEncoder:
                 if self._fast is None:
                     from backends.minilm_forward import MiniLMForward
 
-                    self._fast = MiniLMForward.from_sentence_transformer(model) or False
+                    shared = getattr(model, "forward", None)  # the pool's TextEncoder brings its own
+                    self._fast = shared if isinstance(shared, MiniLMForward) else (
+                        MiniLMForward.from_sentence_transformer(model) or False)
         return self._fast or None
 
     def _encode_uncached(self, texts: list[str]) -> np.ndarray:

@@ -120,8 +120,8 @@ def test_the_router_and_the_backends_encoder_take_the_fast_path(minilm) -> None:
     assert router_side._forward(minilm) is not None
 
 
-# ----------------------------------------------------------------------------- warmed decision
-def test_a_decision_on_a_warmed_photo_starts_no_thread(monkeypatch) -> None:
+# ----------------------------------------------------------------------------- decisions
+def test_a_decision_starts_no_thread_and_a_warmed_photo_is_not_embedded_again(monkeypatch) -> None:
     from router.base import BackendChoice
     from router.calibration import Calibrator
     from router.embedding_router import EmbeddingRouter, HeadWeights
@@ -146,18 +146,98 @@ def test_a_decision_on_a_warmed_photo_starts_no_thread(monkeypatch) -> None:
     assert calls == [1]
 
     started: list[str] = []
-    real_thread = threading.Thread
 
-    class RecordingThread(real_thread):
+    class RecordingThread(threading.Thread):
         def start(self) -> None:
             started.append(self.name)
             super().start()
 
     monkeypatch.setattr(threading, "Thread", RecordingThread)
-    decision = router.decide(photo, "What colour is it?")
-    assert started == [] and calls == [1]
-    assert decision.choice in {"a", "b"}
-    # The same router on a photo it has not seen embeds it on a thread, beside the question.
-    other = Image.new("RGB", (8, 8), (200, 10, 10))
-    router.decide(other, "What colour is it?")
-    assert started == ["router-image-features"] and calls == [1, 1]
+    warmed = router.decide(photo, "What colour is it?")
+    assert calls == [1] and warmed.choice in {"a", "b"} and warmed.fallback is None
+    cold = router.decide(Image.new("RGB", (8, 8), (200, 10, 10)), "What colour is it?")
+    assert calls == [1, 1] and cold.fallback is None
+    assert started == []
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime on the CPU
+class _Scale(torch.nn.Module):
+    """``x @ w * k``: ``w`` is a weight (fingerprinted), ``k`` a plain attribute (not)."""
+
+    def __init__(self, k: float = 2.0) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.arange(12, dtype=torch.float32).reshape(4, 3) / 10, requires_grad=False)
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.w) * self.k
+
+
+def _compile(module, folder, **kwargs):
+    from backends.onnx_cpu import compile_module
+
+    return compile_module(module.eval(), (torch.ones(2, 4),), name="scale", input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, cache_dir=folder, **kwargs)
+
+
+def test_a_module_compiles_once_and_runs_any_batch(tmp_path, monkeypatch) -> None:
+    import backends.onnx_cpu as onnx_cpu
+
+    runner = _compile(_Scale(), tmp_path)
+    assert runner is not None and runner.path.parent == tmp_path and runner.file_bytes > 0
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    with torch.inference_mode():
+        expected = _Scale()(torch.from_numpy(x)).numpy()
+    assert np.allclose(runner(x)[0], expected, atol=1e-6)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the graph is cached")
+
+    monkeypatch.setattr(onnx_cpu, "_export", no_export)
+    assert _compile(_Scale(), tmp_path) is not None  # read from the cache
+
+
+def test_a_stale_or_broken_graph_keeps_torch(tmp_path, monkeypatch) -> None:
+    import backends.onnx_cpu as onnx_cpu
+
+    assert _compile(_Scale(k=2.0), tmp_path) is not None
+    # Same weights, other behaviour (code changed, the cached graph did not): the check refuses it.
+    assert _compile(_Scale(k=3.0), tmp_path) is None
+
+    class Unexportable(_Scale):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(x) * 2)  # leaves torch: no graph to export
+
+    assert _compile(Unexportable(), tmp_path / "other") is None
+    monkeypatch.setenv(onnx_cpu.ENV_SWITCH, "0")
+    assert _compile(_Scale(), tmp_path) is None
+
+
+def test_old_graphs_are_pruned(tmp_path, monkeypatch) -> None:
+    import backends.onnx_cpu as onnx_cpu
+
+    monkeypatch.setattr(onnx_cpu, "KEEP_FILES", 2)
+    for k in range(4):
+        module = _Scale()
+        module.w.data += k  # other weights: another file
+        assert _compile(module, tmp_path) is not None
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+
+
+def test_the_classifier_and_minilm_give_torchs_numbers_through_onnx_runtime(minilm) -> None:
+    from backends.efficientnet_lite import ImageClassifier, load_efficientnet_lite0
+    from backends.minilm_forward import MiniLMForward
+
+    model = load_efficientnet_lite0()
+    accelerated, plain = ImageClassifier(model), ImageClassifier(model, onnx=False)
+    assert accelerated.runtime_name == "ONNX Runtime" and plain.runtime_name == "torch"
+    photos = _photos()
+    for fast, slow in zip(accelerated.analyse(photos), plain.analyse(photos), strict=True):
+        assert np.abs(fast.embedding - slow.embedding).max() < 1e-4
+        assert np.abs(fast.probabilities - slow.probabilities).max() < 1e-4
+        assert int(np.argmax(fast.probabilities)) == int(np.argmax(slow.probabilities))
+    texts = ["What is on the plate?", "How many people are in the photo, and what are they wearing?", "x"]
+    through_ort = MiniLMForward.from_sentence_transformer(minilm)
+    through_torch = MiniLMForward.from_sentence_transformer(minilm, onnx=False)
+    assert through_ort.runtime_name == "ONNX Runtime" and through_torch.runtime_name == "torch"
+    assert np.abs(through_ort.encode(texts) - through_torch.encode(texts)).max() < 1e-5
