@@ -293,7 +293,7 @@ def test_bench_offline_vision_backend(tmp_path: Path) -> None:
     report = read_json(out)
     assert set(report) == {"vision"}
     vision = report["vision"]
-    assert 90 < vision["memory_mb"] < 120  # docs: 105 MB
+    assert 180 < vision["memory_mb"] < 240  # docs: 105 MB in torch + ONNX Runtime's copies of both networks
     check_timing(vision, "load_s", "peak_rss_mb", "process_wall_s")
     latency = vision["latency"]
     assert latency["questions"] == 2
