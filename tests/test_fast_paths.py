@@ -117,7 +117,7 @@ def test_the_router_and_the_backends_encoder_take_the_fast_path(minilm) -> None:
     assert shared.forward is not None
     assert np.abs(shared.encode(texts) - expected).max() < 1e-5
     assert np.abs(router_side.encode(texts) - expected).max() < 1e-5
-    assert router_side._forward(minilm) is not None
+    assert router_side._load().forward is not None  # the backends' TextEncoder, with its fast path
 
 
 # ----------------------------------------------------------------------------- decisions
