@@ -90,6 +90,10 @@ def test_annotate_keys_layout_resume_and_undo(offline_app) -> None:
             assert _checked(page, "ann-verdict-1").endswith("correct") and _checked(page, "ann-verdict-0") == before
             page.keyboard.press("1")
             page.keyboard.press("s")
+            # the key handler sets the radio and the page re-renders it: wait for the value, up to 5 s
+            page.wait_for_function(
+                "(id) => { const i = document.querySelector('#' + id + ' input[type=radio]:checked');"
+                " return i && i.value.endsWith('skip'); }", arg="ann-verdict-0", timeout=5000)
             assert _checked(page, "ann-verdict-0").endswith("skip")
             page.wait_for_timeout(300)  # the radios' styles follow their values a frame later
             page.screenshot(path=str(SCREENSHOTS / "annotate-keys.png"))
